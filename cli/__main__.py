@@ -1,0 +1,2 @@
+from vitdex.cli.main import main
+main()

@@ -1,0 +1,80 @@
+"""Options shared by the commands, error translation and output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+
+import click
+
+from vitdex.library.config import LIBRARY_ENV, MODEL_ENV
+
+
+class VitdexGroup(click.Group):
+    """Turns the library's own errors into a clean message and exit 1 (usage errors stay 2)."""
+
+    def invoke(self, ctx: click.Context):
+        from vitdex.library.errors import VitdexError
+
+        try:
+            return super().invoke(ctx)
+        except VitdexError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def library_option(func: Callable) -> Callable:
+    return click.option(
+        "--library",
+        "library_path",
+        type=click.Path(file_okay=False),
+        help=f"Library folder (default: ${LIBRARY_ENV}, else your user data folder).",
+    )(func)
+
+
+def model_options(func: Callable) -> Callable:
+    func = click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+        default="auto",
+        show_default=True,
+        help="Where the model runs.",
+    )(func)
+    return click.option(
+        "--model",
+        default=None,
+        help=f"Hub id or local folder of a ViT checkpoint (default: ${MODEL_ENV}, else the"
+        " library's model, else google/vit-base-patch16-224).",
+    )(func)
+
+
+def json_option(func: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+
+
+def feature_option(default: str = "cls") -> Callable:
+    return click.option(
+        "--feature",
+        type=click.Choice(["cls", "mean", "pooler"]),
+        default=default,
+        show_default=True,
+        help="Which stored vector to use: CLS token, mean of patch tokens, or trained pooler.",
+    )
+
+
+def open_library(library_path: str | None, *, create: bool = False):
+    from vitdex.library import Library
+
+    return Library.open(library_path, create=create)
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def stderr_progress(desc: str, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
+                disable=None)
+

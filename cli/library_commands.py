@@ -1,0 +1,125 @@
+"""ingest, search and status."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import click
+
+from vitdex.cli.common import (
+    emit_json,
+    feature_option,
+    json_option,
+    library_option,
+    model_options,
+    open_library,
+    stderr_progress,
+)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@library_option
+@model_options
+@feature_option()
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="Images per model forward.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Decode threads (default: a split of the CPU cores with the model).")
+@click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@click.option("--wait", is_flag=True, help="Wait for another running ingest instead of failing.")
+@json_option
+def ingest(paths, library_path, model, device, feature, batch_size, workers, dry_run, wait, as_json):
+    """Add, update, move and remove the images below PATHS.
+
+    Incremental: unchanged files are not opened again, moved files keep their vectors, deleted
+    files leave the library. Bad files are reported and never stop the run.
+    """
+    from vitdex.library.ingest import ingest as run_ingest
+
+    with ExitStack() as stack:
+        library = stack.enter_context(open_library(library_path, create=not dry_run))
+        found = stack.enter_context(stderr_progress("scanning", "file"))
+        embedded = stack.enter_context(stderr_progress("embedding", "img"))
+        bars = {"found": found, "embedded": embedded}
+        report = run_ingest(
+            library, paths, model=model, device=device, batch_size=batch_size, workers=workers,
+            dry_run=dry_run, wait=wait, index_features=(feature,),
+            progress=lambda event, n: bars[event].update(n),
+        )
+    data = report.to_dict()
+    if as_json:
+        emit_json(data)
+        return
+    verb = "would be " if dry_run else ""
+    click.echo(
+        ", ".join(f"{data[key]} {verb}{key}" for key in
+                  ("added", "updated", "moved", "unchanged", "removed"))
+        + f", {len(report.failed)} failed"
+    )
+    for failure in report.failed:
+        click.echo(f"  failed: {failure['path']}: {failure['error']}")
+
+
+@click.command()
+@click.argument("image", type=click.Path())
+@library_option
+@model_options
+@feature_option()
+@click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True,
+              help="How many results.")
+@click.option("--min-score", type=float, default=None, help="Only results with cosine ≥ this.")
+@click.option("--under", type=click.Path(file_okay=False), default=None,
+              help="Only images below this folder.")
+@json_option
+def search(image, library_path, model, device, feature, k, min_score, under, as_json):
+    """Images that look like IMAGE, most similar first (cosine similarity).
+
+    IMAGE may be in the library (its stored vector is used and it is left out of the results)
+    or any image file (embedded on the fly).
+    """
+    from vitdex.library.search import search as run_search
+
+    with open_library(library_path) as library:
+        data = run_search(library, image, k=k, feature=feature, min_score=min_score, under=under,
+                          model=model, device=device)
+    if as_json:
+        emit_json(data)
+        return
+    if not data["results"]:
+        click.echo("no results")
+    for hit in data["results"]:
+        click.echo(f"{hit['score']:.4f}  {hit['path']}")
+
+
+@click.command()
+@library_option
+@json_option
+def status(library_path, as_json):
+    """What the library holds: counts, model and spec, indexes, failed files."""
+    from vitdex.library.status import status as library_status
+
+    with open_library(library_path) as library:
+        data = library_status(library)
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"library   {data['library']}")
+    click.echo(f"images    {data['images']} ({data['distinct_contents']} distinct contents)")
+    click.echo(f"model     {data['model']} @ {data['revision']}")
+    click.echo(f"features  {', '.join(data['features'])}")
+    for feature, entry in data["index"].items():
+        if entry["file"] is None:
+            click.echo(f"index     {feature}: not built yet (built by the next ingest or search)")
+            continue
+        state = "up to date" if entry["up_to_date"] else "behind the database (catches up on use)"
+        click.echo(
+            f"index     {feature}: {entry['kind']}, {entry['vectors']} vectors,"
+            f" {entry['bytes'] / 1e6:.1f} MB, {state}"
+        )
+    click.echo(f"failed    {len(data['failed'])}")
+    for failure in data["failed"]:
+        click.echo(f"  {failure['path']}: {failure['error']}")
+
+
+COMMANDS = (ingest, search, status)

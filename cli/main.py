@@ -1,0 +1,35 @@
+"""The `vitdex` command: a thin click layer over vitdex.library.
+
+Heavy libraries (torch, transformers, faiss) are imported inside commands, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from vitdex.cli.common import VitdexGroup
+
+
+@click.group(cls=VitdexGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.version_option(package_name="vitdex")
+def main(verbose: int) -> None:
+    """vitdex: a local visual index of your photos (ViT embeddings, SQLite, FAISS).
+
+    Start with `vitdex ingest FOLDER`, then `vitdex search IMAGE`.
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from vitdex.cli import index_commands, library_commands
+
+    for command in (*library_commands.COMMANDS, index_commands.index):
+        main.add_command(command)
+
+
+_register()

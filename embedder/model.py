@@ -1,0 +1,333 @@
+"""Embedder: load a ViT checkpoint (hub id or local folder) and turn images into vectors.
+
+torch and transformers are imported inside functions: `import vitdex.embedder` stays cheap, so
+CLI commands that never embed (status, search by id) start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+from vitdex.embedder.decode import decode_image
+from vitdex.embedder.errors import FeatureError, ModelLoadError
+from vitdex.embedder.pipeline import EmbedResult, cpu_split, stream_embeddings
+from vitdex.embedder.preprocess import Preprocessor
+from vitdex.embedder.spec import EmbeddingSpec
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_MODEL = "google/vit-base-patch16-224"
+BASE_FEATURES: tuple[str, ...] = ("cls", "mean")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_CHUNK = 64  # images per forward in embed_images, to bound activation memory
+
+
+class Embedder:
+    """A loaded checkpoint plus its preprocessing; produces L2-normalised float32 vectors."""
+
+    def __init__(
+        self,
+        model: Any,
+        preprocessor: Preprocessor,
+        spec: EmbeddingSpec,
+        *,
+        device: str,
+        has_pooler: bool,
+        draft: bool,
+        workers: int,
+    ) -> None:
+        self.model = model
+        self.preprocessor = preprocessor
+        self.spec = spec
+        self.device = device
+        self.has_pooler = has_pooler
+        self.draft = draft
+        self.default_workers = workers
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str = "auto",
+        revision: str | None = None,
+        draft: bool = True,
+        threads: int | None = None,
+    ) -> Embedder:
+        """Load `model` (hub id or local folder) through the same transformers code path.
+
+        Raises ModelLoadError with a how-to when the hub is unreachable and the model is not
+        cached. `draft` enables reduced-scale JPEG decoding (see decode_image); it is part of
+        the spec. `threads` overrides the torch CPU thread count.
+        """
+        import torch
+
+        source, is_local = _resolve_source(model)
+        resolved_device = _pick_device(device)
+        net, processor = _load_checkpoint(source, revision)
+        net.eval().to(resolved_device)
+
+        has_pooler = getattr(net, "pooler", None) is not None and not net._vitdex_pooler_missing
+        if not has_pooler:
+            net.pooler = None  # random weights: never computed, never offered
+        features = (*BASE_FEATURES, "pooler") if has_pooler else BASE_FEATURES
+
+        preprocessor = Preprocessor.from_processor(processor)
+        spec = EmbeddingSpec(
+            model_id=source,
+            revision=_revision(source, revision, is_local),
+            preprocessing=preprocessor.describe(draft=draft),
+            features=features,
+            dim=int(net.config.hidden_size),
+            runtime="torch-fp32",
+        )
+
+        torch_threads, workers = cpu_split()
+        if resolved_device == "cpu":
+            torch.set_num_threads(threads or torch_threads)
+        else:
+            workers = min(8, os.cpu_count() or 1)
+        log.info("loaded %s on %s, features %s", source, resolved_device, features)
+        return cls(
+            net,
+            preprocessor,
+            spec,
+            device=resolved_device,
+            has_pooler=has_pooler,
+            draft=draft,
+            workers=workers,
+        )
+
+    # ------------------------------------------------------------------ features
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Features this checkpoint can produce: cls, mean, and pooler only when trained."""
+        return self.spec.features
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def check_feature(self, name: str) -> str:
+        """Return `name` if this checkpoint offers it, else raise FeatureError saying why."""
+        if name in self.features:
+            return name
+        if name == "pooler":
+            raise FeatureError(
+                f"checkpoint {self.spec.model_id} has no trained pooler weights (it is a "
+                "classification checkpoint, its pooler would be random); use cls or mean"
+            )
+        raise FeatureError(f"unknown feature {name!r}; choose one of {', '.join(self.features)}")
+
+    # ------------------------------------------------------------------ embedding
+    def embed_pixels(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        """Forward a (n, 3, H, W) float32 batch; returns feature -> (n, dim) normalised float32."""
+        import torch
+
+        pixels = torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32))
+        pixels = pixels.to(self.device)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.float16)
+            if self.device.startswith("cuda")
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            out = self.model(pixel_values=pixels)
+            hidden = out.last_hidden_state.float()  # already layer-normed by ViTModel
+            feats = {"cls": hidden[:, 0], "mean": hidden[:, 1:].mean(dim=1)}
+            if self.has_pooler:
+                feats["pooler"] = out.pooler_output.float()
+            return {
+                name: torch.nn.functional.normalize(value, dim=-1).cpu().numpy().astype(np.float32)
+                for name, value in feats.items()
+            }
+
+    def embed_images(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
+        """Embed RGB PIL images (already decoded); feature -> (n, dim)."""
+        if not images:
+            return {name: np.zeros((0, self.dim), np.float32) for name in self.features}
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(images), _CHUNK):
+            chunk = images[start : start + _CHUNK]
+            pixels = np.stack([self.preprocessor(_as_rgb(image)) for image in chunk])
+            parts.append(self.embed_pixels(pixels))
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.features}
+
+    def embed_path(self, path: str | Path) -> dict[str, np.ndarray]:
+        """Embed one image file (a query); feature -> (dim,). Raises DecodeError."""
+        image, _info = decode_image(path, self.preprocessor.target_size, draft=self.draft)
+        vectors = self.embed_pixels(self.preprocessor(image)[None])
+        return {name: array[0] for name, array in vectors.items()}
+
+    def embed_files(
+        self,
+        items: Iterable[T],
+        path_of: Callable[[T], Path] | None = None,
+        *,
+        batch_size: int = 16,
+        workers: int | None = None,
+    ) -> Iterator[EmbedResult[T]]:
+        """Stream EmbedResults in input order; bad files yield an error result, never raise.
+
+        `items` is consumed lazily (at most about 2 batches in flight); decoding runs in
+        `workers` threads while the model embeds the previous batch.
+        """
+        return stream_embeddings(
+            self,
+            items,
+            path_of,
+            batch_size=batch_size,
+            workers=workers or self.default_workers,
+        )
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.spec.model_id!r}, device={self.device!r}, features={self.features})"
+
+
+# ---------------------------------------------------------------------- helpers
+def _as_rgb(image: Image.Image) -> Image.Image:
+    from vitdex.embedder.decode import to_rgb
+
+    return to_rgb(image)
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _resolve_source(model: str) -> tuple[str, bool]:
+    """A local folder becomes its absolute path; anything else is treated as a hub id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), True
+    looks_like_path = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or (
+        os.sep != "/" and os.sep in model
+    )
+    if looks_like_path or path.exists():
+        raise ModelLoadError(
+            f"model folder {model} does not exist (or is not a folder); pass --model with a folder "
+            "containing config.json, model.safetensors and preprocessor_config.json"
+        )
+    return model, False
+
+
+def _offline_help(model: str) -> str:
+    return (
+        f"model {model} is not in the local Hugging Face cache and the hub cannot be reached "
+        "(offline, HF_HUB_OFFLINE set, or no network). Use a local folder instead: on a "
+        f"connected machine run `huggingface-cli download {model} --local-dir DIR`, copy DIR "
+        "here, then pass `--model /path/to/DIR` (the folder must contain config.json, "
+        "model.safetensors and preprocessor_config.json)."
+    )
+
+
+def _is_offline_error(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        text = str(current).lower()
+        if name in {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError",
+                    "ConnectTimeout", "ConnectError"}:  # fmt: skip
+            return True
+        if "couldn't connect" in text or "outgoing traffic has been disabled" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars; vitdex reports its own way."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_checkpoint(source: str, revision: str | None) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoImageProcessor, ViTModel
+
+    try:
+        with _quiet_transformers():
+            net, loading = ViTModel.from_pretrained(
+                source, revision=revision, output_loading_info=True, dtype=torch.float32
+            )
+            processor = AutoImageProcessor.from_pretrained(source, revision=revision)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        if _is_offline_error(exc):
+            raise ModelLoadError(_offline_help(source)) from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load model {source}: {reason}") from exc
+    missing = [key for key in loading.get("missing_keys", ()) if "pooler" in key]
+    net._vitdex_pooler_missing = bool(missing)
+    non_pooler_missing = [k for k in loading.get("missing_keys", ()) if "pooler" not in k]
+    if non_pooler_missing:
+        raise ModelLoadError(
+            f"checkpoint {source} is not a ViT encoder: missing weights {non_pooler_missing[:5]}"
+        )
+    return net, processor
+
+
+def _revision(source: str, revision: str | None, is_local: bool) -> str:
+    """Hub commit hash when known; for folders "local-" + a hash of config and weight bytes."""
+    folder = Path(source) if is_local else None
+    if not is_local:
+        try:
+            from transformers.utils import cached_file
+
+            config_path = Path(cached_file(source, "config.json", revision=revision))
+            if config_path.parent.parent.name == "snapshots":
+                return config_path.parent.name
+            folder = config_path.parent
+        except Exception:  # the model loaded, so this is only about naming its revision
+            log.debug("could not resolve the commit of %s", source, exc_info=True)
+            return revision or "unknown"
+    return "local-" + _content_hash(folder)[:16]
+
+
+def _content_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    names = ["config.json", "preprocessor_config.json"]
+    names += sorted(p.name for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,23 @@
+"""The vitdex library API: `Library.open(folder)`, then `.ingest()`, `.search()`, `.status()`.
+
+Names load lazily (PEP 562), so importing this package stays cheap and any vitdex package can
+import `vitdex.library.errors` without cycles.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {
+    "Library": "vitdex.library.library",
+    "IngestReport": "vitdex.library.ingest",
+    "VitdexError": "vitdex.library.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vitdex.library' has no attribute {name!r}")

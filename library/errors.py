@@ -1,0 +1,21 @@
+"""The exceptions vitdex raises on purpose. Imports nothing from vitdex, so every package can use it."""
+
+
+class VitdexError(Exception):
+    """Base of every error vitdex raises on purpose; the CLI prints its message and exits 1."""
+
+
+class LibraryError(VitdexError):
+    """The library folder or database cannot be used as asked."""
+
+
+class SpecMismatchError(LibraryError):
+    """The library was created with another embedding spec; vectors of two specs never mix."""
+
+
+class LibraryBusyError(LibraryError):
+    """Another ingest holds the library's write lock."""
+
+
+class NotFoundError(VitdexError):
+    """A path, image or probe the caller named is not there."""

@@ -1,0 +1,286 @@
+"""vitdex.index: ids, scores, filters, persistence, recall, duplicate graph, kind choice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import vitdex.index.vector_index as vi
+from vitdex.index import (
+    INDEX_KINDS,
+    IndexFileError,
+    IndexInputError,
+    IndexKindError,
+    VectorIndex,
+    choose_kind,
+    connected_components,
+    knn_graph,
+    recall_at_k,
+)
+from vitdex.library.errors import VitdexError
+
+N, D = 5000, 64
+BUILD_ARGS = {
+    "flat": {},
+    "hnsw": {"M": 16},
+    "ivfsq8": {"nlist": 32},
+    "ivfpq": {"nlist": 32, "m": 16},
+}
+
+
+def clustered(n: int = N, d: int = D, clusters: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d))
+    x = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    # sparse, shuffled ids so FAISS's own row numbers would never pass for them
+    ids = np.random.default_rng(1).permutation(np.arange(N, dtype=np.int64) * 11 + 5)
+    return ids, clustered()
+
+
+@pytest.fixture(scope="module")
+def built(data) -> dict[str, VectorIndex]:
+    ids, x = data
+    return {kind: VectorIndex.build(ids, x, kind, **BUILD_ARGS[kind]) for kind in INDEX_KINDS}
+
+
+def test_import_does_not_load_faiss():
+    code = "import sys, vitdex.index; print('faiss' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_errors_are_vitdex_errors():
+    for exc in (IndexFileError, IndexKindError, IndexInputError):
+        assert issubclass(exc, VitdexError)
+
+
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_ids_are_faiss_ids(built, data, kind):
+    ids, x = data
+    index = built[kind]
+    assert index.kind == kind and index.ntotal == N and index.dim == D
+    assert np.array_equal(np.sort(index.ids()), np.sort(ids))
+    _, found = index.search(x[:50], 5)
+    assert np.isin(found, ids).all()
+    if kind != "ivfpq":  # PQ's code error can rank another vector above the query itself
+        assert np.mean(found[:, 0] == ids[:50]) > 0.95
+
+
+def test_flat_scores_are_cosine_and_descending(built, data):
+    ids, x = data
+    raw = x[:7] * 3.0  # unnormalised queries are normalised
+    scores, found = built["flat"].search(raw, 20)
+    assert scores.dtype == np.float32 and found.dtype == np.int64
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    expected = np.array([[x[q] @ x[row_of[int(i)]] for i in found[q]] for q in range(7)])
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    exact = np.sort(x[:7] @ x.T, axis=1)[:, ::-1][:, :20]
+    np.testing.assert_allclose(scores, exact, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_scores_descending_and_padding(built, data, kind):
+    _, x = data
+    scores, _ = built[kind].search(x[:20], 10)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    small = VectorIndex.build(np.array([4, 9]), x[:2], "flat")
+    scores, found = small.search(x[:1], 5)
+    assert found[0].tolist()[:2] == [4, 9] and found[0, 2:].tolist() == [-1, -1, -1]
+    assert np.isneginf(scores[0, 2:]).all()
+
+
+def test_empty_index_searches():
+    index = VectorIndex.build(np.empty(0, np.int64), np.empty((0, 8), np.float32), "auto")
+    assert index.kind == "flat" and index.ntotal == 0
+    scores, found = index.search(np.ones((2, 8), np.float32), 3)
+    assert (found == -1).all() and np.isneginf(scores).all()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfsq8", "ivfpq"])
+def test_add_and_remove(data, kind):
+    ids, x = data
+    index = VectorIndex.build(ids[:4000], x[:4000], kind, **BUILD_ARGS[kind])
+    index.add(ids[4000:], x[4000:])
+    assert index.ntotal == N and set(index.ids().tolist()) == set(ids.tolist())
+    with pytest.raises(IndexInputError, match="already in the index"):
+        index.add(ids[:1], x[:1])
+    gone = ids[:100]
+    assert index.remove(np.concatenate([gone, [10**9]])) == 100
+    assert index.ntotal == N - 100
+    assert not np.isin(gone, index.ids()).any()
+    _, found = index.search(x[:100], 10)
+    assert not np.isin(found, gone).any()
+    if kind == "flat":
+        _, found = index.search(x[100:150], 1)
+        assert np.array_equal(found[:, 0], ids[100:150])
+
+
+def test_hnsw_cannot_remove(built, data):
+    assert not built["hnsw"].can_remove and built["flat"].can_remove
+    with pytest.raises(IndexKindError, match="rebuild"):
+        built["hnsw"].remove(data[0][:3])
+
+
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_selector_restricts_and_fills_k(built, data, kind):
+    ids, x = data
+    rng = np.random.default_rng(3)
+    allowed = rng.choice(ids, 15, replace=False)  # scattered over every cluster/list
+    scores, found = built[kind].search(x[:30], 10, allowed_ids=allowed)
+    assert np.isin(found, allowed).all()  # k results: no -1 padding
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    if kind == "flat":  # exact: the best 10 of the 15
+        row_of = {int(i): r for r, i in enumerate(ids)}
+        sims = x[:30] @ x[[row_of[int(i)] for i in allowed]].T
+        np.testing.assert_allclose(scores, np.sort(sims, axis=1)[:, ::-1][:, :10], atol=1e-5)
+    # fewer allowed ids than k (one not even in the index): all of them, then padding
+    few = np.array([ids[0], ids[1], ids[2], 10**9])
+    _, found = built[kind].search(x[:3], 10, allowed_ids=few)
+    assert set(found[:, :3].ravel().tolist()) == set(ids[:3].tolist())
+    assert (found[:, 3:] == -1).all()
+    _, found = built[kind].search(x[:2], 10, allowed_ids=np.empty(0, np.int64))
+    assert (found == -1).all()
+
+
+def test_save_load_roundtrip(built, data, tmp_path):
+    _, x = data
+    for kind, index in built.items():
+        path = tmp_path / f"{kind}.faiss"
+        index.save(path)
+        loaded = VectorIndex.load(path)
+        assert (loaded.kind, loaded.dim, loaded.ntotal) == (kind, D, N)
+        assert loaded.params == index.params
+        assert np.array_equal(np.sort(loaded.ids()), np.sort(index.ids()))
+        a, b = index.search(x[:10], 10), loaded.search(x[:10], 10)
+        assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+        assert abs(path.stat().st_size - index.nbytes) < 1024
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{k}.faiss" for k in built)
+
+
+def test_save_is_atomic(built, data, tmp_path, monkeypatch):
+    path = tmp_path / "index.faiss"
+    built["flat"].save(path)
+    before = path.read_bytes()
+
+    def half_then_fail(f, chunks):
+        for n, chunk in enumerate(chunks):
+            if n == 3:
+                f.write(bytes(chunk)[: len(chunk) // 2])
+                raise OSError("disk full")
+            f.write(chunk)
+
+    monkeypatch.setattr(vi, "_write_chunks", half_then_fail)
+    small = VectorIndex.build(data[0][:10], data[1][:10], "flat")
+    with pytest.raises(OSError, match="disk full"):
+        small.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["index.faiss"]  # temp file cleaned up
+    assert VectorIndex.load(path).ntotal == N
+
+
+def test_load_missing_or_corrupt(built, tmp_path):
+    with pytest.raises(IndexFileError, match="not found"):
+        VectorIndex.load(tmp_path / "nope.faiss")
+    path = tmp_path / "index.faiss"
+    built["ivfsq8"].save(path)
+    good = path.read_bytes()
+    cases = {
+        "garbage": b"hello world" * 10,
+        "truncated": good[: len(good) // 2],
+        "flipped": good[:5000] + bytes([good[5000] ^ 0xFF]) + good[5001:],
+        "empty": b"",
+    }
+    for name, content in cases.items():
+        path.write_bytes(content)
+        with pytest.raises(IndexFileError):
+            VectorIndex.load(path)
+        assert name
+
+
+def test_bad_inputs(data):
+    ids, x = data
+    with pytest.raises(IndexKindError):
+        VectorIndex.build(ids, x, "lsh")
+    with pytest.raises(IndexInputError):
+        VectorIndex.build(ids[:10], x[:11], "flat")
+    with pytest.raises(IndexInputError, match="duplicates"):
+        VectorIndex.build(np.zeros(3, np.int64), x[:3], "flat")
+    index = VectorIndex.build(ids[:10], x[:10], "flat")
+    with pytest.raises(IndexInputError, match="dimension"):
+        index.search(np.ones((1, D + 1), np.float32), 3)
+
+
+def test_recall_at_k(built, data):
+    ids, x = data
+    assert recall_at_k(built["flat"], x, ids, sample=300) == 1.0
+    assert recall_at_k(built["ivfsq8"], x, ids, sample=300) >= 0.9
+    assert recall_at_k(built["hnsw"], x, ids, sample=300) >= 0.9
+    assert built["ivfsq8"].params["calibrated_recall"] >= vi.RECALL_TARGET
+
+
+def test_escalation_reaches_exhaustive_for_ivf(data):
+    ids, x = data
+    index = VectorIndex.build(ids, x, "ivfsq8", nlist=64, nprobe=1)
+    allowed = ids[np.random.default_rng(5).choice(N, 12, replace=False)]
+    _, found = index.search(x[:20], 10, allowed_ids=allowed)
+    assert np.isin(found, allowed).all()
+    assert index.params["nprobe"] == 1  # escalation does not change the stored default
+
+
+def test_knn_graph_finds_planted_duplicates():
+    rng = np.random.default_rng(7)
+    base = clustered(2000, 32, clusters=10, seed=7)
+    pairs = rng.choice(2000, 60, replace=False)
+    dupes = base[pairs] + 0.01 * rng.standard_normal((60, 32)).astype(np.float32)
+    x = np.vstack([base, dupes / np.linalg.norm(dupes, axis=1, keepdims=True)])
+    ids = np.arange(len(x), dtype=np.int64) + 1000
+    threshold = 0.995
+    for kind, args in (("flat", {}), ("ivfsq8", {"nlist": 16})):
+        index = VectorIndex.build(ids, x, kind, **args)
+        src, dst, scores = knn_graph(index, x, ids, k=5, threshold=threshold, batch=500)
+        found = set(zip(src.tolist(), dst.tolist(), strict=True))
+        planted = {(int(ids[p]), int(ids[2000 + i])) for i, p in enumerate(pairs)}
+        assert planted <= found
+        assert np.all(scores >= threshold) and np.all(src < dst)
+        assert len(found) == len(src)  # each undirected pair once
+        sims = np.einsum("ij,ij->i", x[src - 1000], x[dst - 1000])
+        np.testing.assert_allclose(scores, sims, atol=1e-5)
+        exact = x @ x.T
+        np.fill_diagonal(exact, -1)
+        assert len(src) == int((np.triu(exact) >= threshold).sum())
+
+
+def test_connected_components_groups_chains():
+    ids = np.array([10, 20, 30, 40, 50, 60], np.int64)
+    labels = connected_components(np.array([10, 20, 50]), np.array([20, 30, 60]), ids)
+    assert labels.tolist() == [0, 0, 0, 1, 2, 2]
+    assert connected_components(np.empty(0, np.int64), np.empty(0, np.int64), ids).tolist() == [
+        0, 1, 2, 3, 4, 5,
+    ]
+    # a long chain given in scrambled order, plus a star
+    n = 1000
+    chain = np.random.default_rng(0).permutation(n - 1)
+    src = np.concatenate([chain, np.full(5, n + 1)])
+    dst = np.concatenate([chain + 1, np.arange(n + 2, n + 7)])
+    labels = connected_components(src, dst, np.arange(n + 10))
+    assert (labels[:n] == 0).all() and (labels[n + 1 : n + 7] == labels[n + 1]).all()
+    assert len(np.unique(labels)) == 1 + 1 + 1 + 3  # chain, lone n, star, lone n+7..n+9
+    with pytest.raises(IndexInputError):
+        connected_components(np.array([1]), np.array([99]), np.array([1, 2]))
+
+
+def test_choose_kind_thresholds():
+    assert choose_kind(0) == "flat"
+    assert choose_kind(vi.FLAT_MAX_N) == "flat"
+    assert choose_kind(vi.FLAT_MAX_N + 1) == vi.AUTO_APPROX_KIND == "ivfsq8"
+    assert choose_kind(1_000_000) == "ivfsq8"
+    assert VectorIndex.build(np.arange(5), clustered(5), "auto").kind == "flat"
