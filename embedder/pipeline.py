@@ -73,15 +73,16 @@ def stream_embeddings(
         raise ValueError("batch_size must be at least 1")
     get_path: Callable[[T], Path] = path_of or (lambda item: Path(item))  # type: ignore[arg-type]
     source = iter(items)
-    # One batch being embedded + the next one decoding + a little slack for the workers.
+    # Items held at once: the batch being embedded, the next one decoding, slack for workers.
     max_in_flight = 2 * batch_size + workers
     pending: deque[tuple[T, Future | str]] = deque()
     exhausted = False
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vitdex-decode")
 
-    def refill() -> None:
+    def refill(held: int = 0) -> None:
+        """Pull items until `held` (the batch being embedded) + pending reach the bound."""
         nonlocal exhausted
-        while not exhausted and len(pending) < max_in_flight:
+        while not exhausted and held + len(pending) < max_in_flight:
             try:
                 item = next(source)
             except StopIteration:
@@ -107,11 +108,11 @@ def stream_embeddings(
                     pixels, info = job.result()
                     batch.append((item, pixels, info, None))
                 except DecodeError as exc:
-                    batch.append((item, None, None, str(exc)))
+                    batch.append((item, None, None, exc.reason))
                 except Exception as exc:
                     log.warning("unexpected error preparing %r: %s", item, exc, exc_info=True)
                     batch.append((item, None, None, f"{type(exc).__name__}: {exc}"))
-            refill()  # the workers decode the next batch while the model runs this one
+            refill(len(batch))  # workers decode the next batch while the model runs this one
             good = [row[1] for row in batch if row[1] is not None]
             vectors = embedder.embed_pixels(np.stack(good)) if good else {}
             j = 0
