@@ -1,0 +1,86 @@
+"""kill -9 in the middle of an ingest: SQLite and FAISS stay consistent, the next run finishes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from tests.photos import make_photo
+from vitdex.index.sync import index_files
+from vitdex.library import Library
+from vitdex.storage import Content, Image
+
+PHOTOS = 160
+SCRIPT = """
+import sys
+from vitdex.library import Library
+with Library.open(sys.argv[1], create=True) as library:
+    library.ingest([sys.argv[2]], model=sys.argv[3], batch_size=2, commit_every=2)
+"""
+
+
+def stored_count(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0  # not created yet
+
+
+def ingest_and_kill(lib: Path, photos: Path, model: Path, at_least: int) -> int:
+    """Start a real ingest process and SIGKILL it once `at_least` images are committed."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(lib), str(photos), str(model)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if stored_count(lib / "vitdex.sqlite") >= at_least:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the ingest ended before it could be killed"
+    return stored_count(lib / "vitdex.sqlite")
+
+
+def test_kill_minus_nine_mid_ingest_then_resume(tiny_model, tmp_path):
+    photos = tmp_path / "photos"
+    for seed in range(PHOTOS):
+        make_photo(photos / f"{seed // 40}" / f"p{seed}.jpg", size=(96, 72), seed=seed)
+    lib = tmp_path / "lib"
+
+    first = ingest_and_kill(lib, photos, tiny_model, at_least=1)
+    second = ingest_and_kill(lib, photos, tiny_model, at_least=first + 10)
+    assert 0 < first < second < PHOTOS
+
+    with sqlite3.connect(lib / "vitdex.sqlite") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    with Library.open(lib) as library:
+        # a search during the aftermath already sees every committed image
+        assert library.index("cls").ntotal == second
+        report = library.ingest([photos])
+        assert report.added == PHOTOS - second and report.unchanged == second
+        assert report.failed == [] and report.removed == 0
+        with library.sessions() as session:
+            paths = list(session.scalars(select(Image.path)))
+            assert len(paths) == len(set(paths)) == PHOTOS
+            assert session.scalar(select(func.count()).select_from(Content)) == PHOTOS
+            db_ids = sorted(session.scalars(select(Image.id)))
+        for feature in ("cls",):
+            (generation, path), = index_files(library, feature)
+            assert generation == library.generation()
+            from vitdex.index.vector_index import VectorIndex
+
+            assert sorted(VectorIndex.load(path).ids().tolist()) == db_ids
+        again = library.ingest([photos])
+        assert (again.added, again.unchanged) == (0, PHOTOS)
