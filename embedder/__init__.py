@@ -6,13 +6,14 @@ Importing this package does not import torch or transformers; they load with the
 
 from vitdex.embedder.decode import IMAGE_SUFFIXES, ImageInfo, decode_image, sniff_image_format
 from vitdex.embedder.errors import DecodeError, FeatureError, ModelLoadError
-from vitdex.embedder.model import DEFAULT_MODEL, Embedder
+from vitdex.embedder.model import DEFAULT_MODEL, RUNTIMES, Embedder, runtime_option
 from vitdex.embedder.pipeline import EmbedResult
 from vitdex.embedder.spec import EmbeddingSpec
 
 __all__ = [
     "DEFAULT_MODEL",
     "IMAGE_SUFFIXES",
+    "RUNTIMES",
     "DecodeError",
     "EmbedResult",
     "Embedder",
@@ -21,5 +22,6 @@ __all__ = [
     "ImageInfo",
     "ModelLoadError",
     "decode_image",
+    "runtime_option",
     "sniff_image_format",
 ]

@@ -30,6 +30,15 @@ DEFAULT_MODEL = "google/vit-base-patch16-224"
 BASE_FEATURES: tuple[str, ...] = ("cls", "mean")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _CHUNK = 64  # images per forward in embed_images, to bound activation memory
+GPU_BATCH = 64  # images per forward on a GPU: small batches leave it idle between launches
+CPU_BATCH = 16
+RUNTIMES = {"fp32": "torch-fp32", "int8": "onnx-int8"}
+"""--runtime option -> EmbeddingSpec.runtime."""
+
+
+def runtime_option(spec_runtime: str) -> str:
+    """The --runtime option that makes vectors of `spec_runtime` (the inverse of RUNTIMES)."""
+    return {value: key for key, value in RUNTIMES.items()}.get(spec_runtime, spec_runtime)
 
 
 class Embedder:
@@ -45,14 +54,17 @@ class Embedder:
         has_pooler: bool,
         draft: bool,
         workers: int,
+        session: Any = None,
     ) -> None:
         self.model = model
+        self.session = session  # the int8 runtime's Int8Session; None runs the torch model
         self.preprocessor = preprocessor
         self.spec = spec
         self.device = device
         self.has_pooler = has_pooler
         self.draft = draft
         self.default_workers = workers
+        self.default_batch_size = CPU_BATCH if device == "cpu" else GPU_BATCH
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -64,17 +76,25 @@ class Embedder:
         revision: str | None = None,
         draft: bool = True,
         threads: int | None = None,
+        runtime: str = "fp32",
+        cache_dir: str | Path | None = None,
     ) -> Embedder:
         """Load `model` (hub id or local folder) through the same transformers code path.
 
         Raises ModelLoadError with a how-to when the hub is unreachable and the model is not
         cached. `draft` enables reduced-scale JPEG decoding (see decode_image); it is part of
-        the spec. `threads` overrides the torch CPU thread count.
+        the spec. `threads` overrides the torch CPU thread count. `runtime` "int8" runs the
+        model through ONNX Runtime, quantized (CPU only, see quantized.py), cached in `cache_dir`
+        (default: the user cache folder).
         """
         import torch
 
+        if runtime not in RUNTIMES:
+            raise ModelLoadError(f"unknown runtime {runtime!r}; choose {' or '.join(RUNTIMES)}")
+        if runtime == "int8" and device not in ("auto", "cpu"):
+            raise ModelLoadError("--runtime int8 runs on the CPU; use --runtime fp32 on a GPU")
         source, is_local = _resolve_source(model)
-        resolved_device = _pick_device(device)
+        resolved_device = "cpu" if runtime == "int8" else _pick_device(device)
         net, processor = _load_checkpoint(source, revision)
         net.eval().to(resolved_device)
 
@@ -90,14 +110,27 @@ class Embedder:
             preprocessing=preprocessor.describe(draft=draft),
             features=features,
             dim=int(net.config.hidden_size),
-            runtime="torch-fp32",
+            runtime=RUNTIMES[runtime],
         )
 
         torch_threads, workers = cpu_split()
-        if resolved_device == "cpu":
+        session = None
+        if runtime == "int8":
+            from vitdex.embedder.quantized import int8_session
+
+            session = int8_session(
+                net,
+                Path(cache_dir) if cache_dir else _user_cache() / "models",
+                spec.key,
+                image_size=(preprocessor.height, preprocessor.width),
+                with_pooler=has_pooler,
+                threads=threads or torch_threads,
+            )
+            net = None  # the session holds the weights now
+        elif resolved_device == "cpu":
             torch.set_num_threads(threads or torch_threads)
-        else:
-            workers = min(8, os.cpu_count() or 1)
+        else:  # decoding 12 MP JPEGs is what limits a GPU: every core decodes
+            workers = os.cpu_count() or 1
         log.info("loaded %s on %s, features %s", source, resolved_device, features)
         return cls(
             net,
@@ -107,6 +140,7 @@ class Embedder:
             has_pooler=has_pooler,
             draft=draft,
             workers=workers,
+            session=session,
         )
 
     # ------------------------------------------------------------------ features
@@ -133,10 +167,15 @@ class Embedder:
     # ------------------------------------------------------------------ embedding
     def embed_pixels(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """Forward a (n, 3, H, W) float32 batch; returns feature -> (n, dim) normalised float32."""
+        if self.session is not None:
+            return self._embed_int8(np.ascontiguousarray(pixel_values, dtype=np.float32))
         import torch
 
         pixels = torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32))
-        pixels = pixels.to(self.device)
+        if self.device.startswith("cuda"):  # pinned: a DMA copy, no staging through pageable memory
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        else:
+            pixels = pixels.to(self.device)
         autocast = (
             torch.autocast("cuda", dtype=torch.float16)
             if self.device.startswith("cuda")
@@ -152,6 +191,13 @@ class Embedder:
                 name: torch.nn.functional.normalize(value, dim=-1).cpu().numpy().astype(np.float32)
                 for name, value in feats.items()
             }
+
+    def _embed_int8(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        hidden, pooler = self.session(pixel_values)
+        feats = {"cls": hidden[:, 0], "mean": hidden[:, 1:].mean(axis=1)}
+        if pooler is not None:
+            feats["pooler"] = pooler
+        return {name: _normalize(value) for name, value in feats.items()}
 
     def embed_images(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         """Embed RGB PIL images (already decoded); feature -> (n, dim)."""
@@ -175,7 +221,7 @@ class Embedder:
         items: Iterable[T],
         path_of: Callable[[T], Path] | None = None,
         *,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         workers: int | None = None,
     ) -> Iterator[EmbedResult[T]]:
         """Stream EmbedResults in input order; bad files yield an error result, never raise.
@@ -187,7 +233,7 @@ class Embedder:
             self,
             items,
             path_of,
-            batch_size=batch_size,
+            batch_size=batch_size or self.default_batch_size,
             workers=workers or self.default_workers,
         )
 
@@ -196,6 +242,19 @@ class Embedder:
 
 
 # ---------------------------------------------------------------------- helpers
+def _normalize(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalise rows as torch.nn.functional.normalize does (eps 1e-12)."""
+    vectors = vectors.astype(np.float32, copy=False)
+    norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return (vectors / norms).astype(np.float32)
+
+
+def _user_cache() -> Path:
+    from platformdirs import user_cache_path
+
+    return user_cache_path("vitdex", appauthor=False)
+
+
 def _as_rgb(image: Image.Image) -> Image.Image:
     from vitdex.embedder.decode import to_rgb
 
@@ -220,8 +279,10 @@ def _resolve_source(model: str) -> tuple[str, bool]:
     path = Path(model).expanduser()
     if path.is_dir():
         return str(path.resolve()), True
-    looks_like_path = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or (
-        os.sep != "/" and os.sep in model
+    looks_like_path = (
+        model.startswith(("/", "./", "../", "~"))
+        or model.count("/") > 1
+        or (os.sep != "/" and os.sep in model)
     )
     if looks_like_path or path.exists():
         raise ModelLoadError(
@@ -283,7 +344,9 @@ def _load_checkpoint(source: str, revision: str | None) -> tuple[Any, Any]:
             net, loading = ViTModel.from_pretrained(
                 source, revision=revision, output_loading_info=True, dtype=torch.float32
             )
-            processor = AutoImageProcessor.from_pretrained(source, revision=revision)
+            # The PIL backend on every machine: torchvision's resize differs slightly, and a
+            # library must get the same vectors (and spec) wherever it is opened.
+            processor = AutoImageProcessor.from_pretrained(source, revision=revision, backend="pil")
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -86,7 +86,7 @@ class Preprocessor:
 
     def describe(self, *, draft: bool) -> dict[str, Any]:
         """The preprocessing part of the EmbeddingSpec."""
-        return {
+        described = {
             "size": {"height": self.height, "width": self.width},
             "resample": _RESAMPLE_NAMES.get(self.resample, str(self.resample)),
             "do_resize": self.do_resize,
@@ -94,8 +94,13 @@ class Preprocessor:
             "mean": [float(v) for v in self.mean] if self.do_normalize else None,
             "std": [float(v) for v in self.std] if self.do_normalize else None,
             "draft": bool(draft),
-            "fast_path": self.fallback is None,
         }
+        if self.fallback is not None:  # the processor decides: record all of its settings
+            config = self.fallback.to_dict()
+            described["processor"] = {
+                k: v for k, v in sorted(config.items()) if k.startswith(("do_", "size", "crop"))
+            }
+        return described
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> float32 array (3, H, W), ready to stack into pixel_values."""

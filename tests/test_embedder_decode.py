@@ -10,18 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-
-from tests.photos import make_photo, photo_array
 from vitdex.embedder import DecodeError, ImageInfo, decode_image, sniff_image_format
 from vitdex.embedder.decode import IMAGE_SUFFIXES, to_rgb
 from vitdex.library.errors import VitdexError
+
+from tests.photos import make_photo, photo_array
 
 
 def _png_claiming(path: Path, width: int, height: int) -> Path:
     """A tiny PNG whose header claims width x height pixels (a decompression bomb header)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
@@ -71,7 +72,9 @@ def test_image_info_reads_exif(tmp_path):
     assert plain.taken_at is None and plain.camera_make is None and plain.camera_model is None
 
 
-@pytest.mark.parametrize(("orientation", "method"), [(6, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180)])
+@pytest.mark.parametrize(
+    ("orientation", "method"), [(6, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180)]
+)
 def test_exif_orientation_applied(tmp_path, orientation, method):
     path = tmp_path / f"rot{orientation}.jpg"
     exif = Image.Exif()
@@ -146,7 +149,7 @@ def test_first_frame_of_multiframe(tmp_path):
 def test_draft_keeps_original_size_in_info(big_photo):
     image, info = decode_image(big_photo, target_size=224)
     assert (info.width, info.height) == (4000, 3000)
-    assert image.size == (1000, 750)  # libjpeg 1/4 scale, still >= 2 x 224
+    assert image.size == (1000, 750)  # libjpeg 1/4 scale, still >= 3 x 224
     full, _ = decode_image(big_photo, target_size=224, draft=False)
     assert full.size == (4000, 3000)
 

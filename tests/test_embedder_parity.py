@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps, features
+from vitdex.embedder import Embedder
 
 from tests.photos import make_photo, photo_array
-from vitdex.embedder import Embedder
 
 MIN_COSINE = 0.999
 
@@ -95,8 +95,12 @@ def parity_images(tmp_path_factory, big_photo) -> dict[str, Path]:
     return _write_parity_images(tmp_path_factory.mktemp("parity"), big_photo)
 
 
-def test_parity_with_transformers(tiny_model, tiny_embedder, parity_images, record_property):
-    reference = _reference(tiny_model, parity_images)
+@pytest.fixture(scope="module")
+def reference(tiny_model, parity_images) -> dict[str, dict[str, np.ndarray]]:
+    return _reference(tiny_model, parity_images)
+
+
+def test_parity_with_transformers(tiny_embedder, parity_images, reference, record_property):
     assert {"photo.heic", "exif6.jpg", "i16.png", "cmyk.jpg"} <= set(parity_images)
     worst = (1.0, "")
     report = []
@@ -115,12 +119,11 @@ def test_parity_with_transformers(tiny_model, tiny_embedder, parity_images, reco
     print("PARITY " + " ".join(report))
 
 
-def test_fast_preprocessing_matches_processor_exactly(tiny_model, parity_images):
+def test_fast_preprocessing_matches_processor_exactly(tiny_model, parity_images, reference):
     """Without draft, our pixel values are the processor's (max abs diff <= 1e-5)."""
     from vitdex.embedder import decode_image
 
     embedder = Embedder.load(str(tiny_model), device="cpu", draft=False)
-    reference = _reference(tiny_model, parity_images)
     worst = 0.0
     for name, path in parity_images.items():
         image, _info = decode_image(path, embedder.preprocessor.target_size, draft=False)
@@ -134,7 +137,6 @@ def test_fast_preprocessing_matches_processor_exactly(tiny_model, parity_images)
 def test_draft_pixels_close_at_vit_base_size(big_photo):
     """At the default model's 224 input, draft decoding moves pixel values only slightly."""
     from transformers import ViTImageProcessorPil
-
     from vitdex.embedder import decode_image
     from vitdex.embedder.preprocess import Preprocessor
 
