@@ -120,7 +120,9 @@ def _catch_up(
     library: Library, index: VectorIndex, feature: str, file_generation: int
 ) -> VectorIndex | None:
     """Apply what changed since the file was written; None when the index cannot remove ids."""
-    changed_ids, changed_vectors = stored_vectors(library, feature, after_generation=file_generation)
+    changed_ids, changed_vectors = stored_vectors(
+        library, feature, after_generation=file_generation
+    )
     present = index.ids()
     stale = np.union1d(
         np.setdiff1d(present, stored_ids(library)), np.intersect1d(changed_ids, present)
@@ -161,6 +163,15 @@ def evaluate_index(library: Library, feature: str, *, sample: int = 1000, k: int
 
     index = library.index(feature)
     ids, vectors = stored_vectors(library, feature)
-    recall = recall_at_k(index, vectors, ids, sample=min(sample, len(ids)), k=k) if len(ids) else 1.0
-    return {"feature": feature, "kind": index.kind, "vectors": index.ntotal, "k": k,
-            "sample": min(sample, len(ids)), "recall": recall, "params": index.params}
+    recall = (
+        recall_at_k(index, vectors, ids, sample=min(sample, len(ids)), k=k) if len(ids) else 1.0
+    )
+    return {
+        "feature": feature,
+        "kind": index.kind,
+        "vectors": index.ntotal,
+        "k": k,
+        "sample": min(sample, len(ids)),
+        "recall": recall,
+        "params": index.params,
+    }

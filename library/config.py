@@ -26,5 +26,5 @@ def resolve_library_path(option: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_model(option: str | None, library_model: str | None = None) -> str:
-    """The model: `option`, else $VITDEX_MODEL, else the one the library was made with, else the default."""
+    """The model: `option`, else $VITDEX_MODEL, else the library's own, else the default."""
     return option or os.environ.get(MODEL_ENV) or library_model or DEFAULT_MODEL

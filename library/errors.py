@@ -1,4 +1,4 @@
-"""The exceptions vitdex raises on purpose. Imports nothing from vitdex, so every package can use it."""
+"""The exceptions vitdex raises on purpose. It imports nothing from vitdex, so all may use it."""
 
 
 class VitdexError(Exception):

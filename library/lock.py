@@ -15,18 +15,15 @@ LOCK_NAME = "write.lock"
 
 
 @contextmanager
-def write_lock(folder: Path, *, wait: bool = False, timeout: float | None = None) -> Iterator[None]:
+def write_lock(folder: Path, *, wait: bool = False) -> Iterator[None]:
     """Hold the library's exclusive write lock; an OS lock, so a killed holder releases it."""
-    path = Path(folder) / LOCK_NAME
-    handle = open(path, "a+")
-    try:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    with open(Path(folder) / LOCK_NAME, "a+") as handle:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if not wait or (deadline is not None and time.monotonic() > deadline):
+                if not wait:
                     handle.seek(0)
                     holder = handle.read().strip() or "another process"
                     raise LibraryBusyError(
@@ -39,8 +36,6 @@ def write_lock(folder: Path, *, wait: bool = False, timeout: float | None = None
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         yield
-    finally:
-        handle.close()
 
 
 def is_locked(folder: Path) -> bool:

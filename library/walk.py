@@ -36,7 +36,9 @@ def walk_files(roots: list[Path], image_suffixes: frozenset[str]) -> Iterator[Fo
             log.warning("%s: cannot read (%s)", root, exc.strerror or exc)
             continue
         if not os.path.isdir(root):
-            yield FoundFile(str(root), st.st_size, st.st_mtime_ns, _claims(root.name, image_suffixes))
+            yield FoundFile(
+                str(root), st.st_size, st.st_mtime_ns, _claims(root.name, image_suffixes)
+            )
             continue
         stack = [str(root)]
         while stack:
@@ -69,7 +71,9 @@ def walk_files(roots: list[Path], image_suffixes: frozenset[str]) -> Iterator[Fo
                 except OSError as exc:
                     log.warning("%s: cannot read (%s)", entry.path, exc.strerror or exc)
                     continue
-                yield FoundFile(entry.path, st.st_size, st.st_mtime_ns, _claims(entry.name, image_suffixes))
+                yield FoundFile(
+                    entry.path, st.st_size, st.st_mtime_ns, _claims(entry.name, image_suffixes)
+                )
             stack.extend(reversed(subfolders))
 
 

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models and sessions of a library; SQLite is the source of truth, vectors included."""
+"""SQLAlchemy 2 models and sessions of a library; SQLite is the source of truth, vectors too."""
 
 from vitdex.storage.database import DATABASE_NAME, SCHEMA_VERSION, open_engine, session_factory
 from vitdex.storage.models import (

@@ -50,7 +50,9 @@ def open_engine(folder: Path, *, create: bool) -> Engine:
     engine = create_engine(f"sqlite:///{path}")
     event.listen(engine, "connect", _on_connect)
     # Let SQLAlchemy, not pysqlite, control transactions, so migrations and batches are atomic.
-    event.listen(engine, "connect", lambda dbapi_conn, _: setattr(dbapi_conn, "isolation_level", None))
+    event.listen(
+        engine, "connect", lambda dbapi_conn, _: setattr(dbapi_conn, "isolation_level", None)
+    )
     event.listen(engine, "begin", _begin)
     migrate(engine)
     return engine
@@ -62,7 +64,7 @@ def migrate(engine: Engine) -> None:
         version = conn.exec_driver_sql("PRAGMA user_version").scalar_one()
         if version > SCHEMA_VERSION:
             raise LibraryError(
-                f"library schema {version} is newer than this vitdex understands ({SCHEMA_VERSION});"
+                f"library schema {version} is newer than this vitdex knows ({SCHEMA_VERSION});"
                 " upgrade vitdex"
             )
         for step in range(version, SCHEMA_VERSION):
@@ -73,4 +75,3 @@ def migrate(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
-

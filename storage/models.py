@@ -60,7 +60,7 @@ class Vector(Base):
 
 
 class Image(Base):
-    """A path in the library. Its id is its FAISS id; a move keeps the id, a change bumps `generation`."""
+    """A path in the library. Its id is its FAISS id: a move keeps it, a change bumps generation."""
 
     __tablename__ = "images"
     # AUTOINCREMENT: a removed image's id (its FAISS id) is never handed to another image.
@@ -106,8 +106,12 @@ class Prediction(Base):
     """A probe's stored label for an image (from `probe predict --all`)."""
 
     __tablename__ = "predictions"
-    probe_id: Mapped[int] = mapped_column(ForeignKey("probes.id", ondelete="CASCADE"), primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    probe_id: Mapped[int] = mapped_column(
+        ForeignKey("probes.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
     label: Mapped[str] = mapped_column(String)
     score: Mapped[float]
 

@@ -35,7 +35,11 @@ def save_tiny_vit(folder: Path, *, with_pooler: bool = False, seed: int = 0) -> 
 
     torch.manual_seed(seed)
     config = ViTConfig(**TINY)
-    model = ViTModel(config, add_pooling_layer=True) if with_pooler else ViTForImageClassification(config)
+    model = (
+        ViTModel(config, add_pooling_layer=True)
+        if with_pooler
+        else ViTForImageClassification(config)
+    )
     model.eval()
     model.save_pretrained(folder)
     ViTImageProcessorPil(

@@ -17,7 +17,9 @@ def photo_array(size: tuple[int, int], seed: int) -> np.ndarray:
     base = np.empty((height, width, 3), np.float32)
     for c in range(3):
         fx, fy, phase = rng.uniform(0.5, 4.0), rng.uniform(0.5, 4.0), rng.uniform(0, 6.28)
-        base[..., c] = 127 + 100 * np.sin(fx * x / width * 6.28 + phase) * np.cos(fy * y / height * 6.28)
+        base[..., c] = 127 + 100 * np.sin(fx * x / width * 6.28 + phase) * np.cos(
+            fy * y / height * 6.28
+        )
     image = Image.fromarray(base.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(6):

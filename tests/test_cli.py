@@ -24,8 +24,9 @@ def test_help_imports_no_heavy_library():
 
 
 def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "vitdex.cli", "--help"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "vitdex.cli", "--help"], check=True, capture_output=True, text=True
+    ).stdout
     assert "ingest" in out and "search" in out
 
 
@@ -54,7 +55,14 @@ def test_env_library_is_used_by_commands(tiny_model, photo_dir, tmp_path, monkey
 def test_offline_model_error_says_how_to_use_a_local_folder(photo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
-    out = run("ingest", photo_dir, "--library", tmp_path / "lib", "--model",
-              "some-org/not-cached-model", expect=1)
+    out = run(
+        "ingest",
+        photo_dir,
+        "--library",
+        tmp_path / "lib",
+        "--model",
+        "some-org/not-cached-model",
+        expect=1,
+    )
     assert "some-org/not-cached-model" in out and "--model" in out and "local" in out
     assert not (Path(tmp_path / "lib") / "index").exists()

@@ -38,7 +38,8 @@ def ingest_and_kill(lib: Path, photos: Path, model: Path, at_least: int) -> int:
     """Start a real ingest process and SIGKILL it once `at_least` images are committed."""
     process = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, str(lib), str(photos), str(model)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     deadline = time.monotonic() + 120
@@ -77,7 +78,7 @@ def test_kill_minus_nine_mid_ingest_then_resume(tiny_model, tmp_path):
             assert session.scalar(select(func.count()).select_from(Content)) == PHOTOS
             db_ids = sorted(session.scalars(select(Image.id)))
         for feature in ("cls",):
-            (generation, path), = index_files(library, feature)
+            ((generation, path),) = index_files(library, feature)
             assert generation == library.generation()
             from vitdex.index.vector_index import VectorIndex
 

@@ -51,19 +51,27 @@ def lib(tmp_path) -> Path:
 
 
 def test_first_ingest_stores_metadata_vectors_and_index(tiny_model, photo_dir, lib):
-    make_photo(photo_dir / "camera.jpg", (300, 200), seed=11,
-               exif=_exif(make="Acme", model="Snap 9", taken="2021:06:01 10:20:30"))
+    make_photo(
+        photo_dir / "camera.jpg",
+        (300, 200),
+        seed=11,
+        exif=_exif(make="Acme", model="Snap 9", taken="2021:06:01 10:20:30"),
+    )
     report = ingest(lib, photo_dir, model=tiny_model)
     assert report["added"] == 5 and report["failed"] == []
     with Library.open(lib) as library, library.sessions() as session:
-        image = session.scalars(select(Image).where(Image.path == str(photo_dir / "camera.jpg"))).one()
+        image = session.scalars(
+            select(Image).where(Image.path == str(photo_dir / "camera.jpg"))
+        ).one()
         content = session.get(Content, image.content_id)
         assert (content.width, content.height, content.format) == (300, 200, "JPEG")
         assert (content.camera_make, content.camera_model) == ("Acme", "Snap 9")
         assert content.taken_at.startswith("2021-06-01T10:20:30")
         assert image.size == (photo_dir / "camera.jpg").stat().st_size
         assert len(content.sha256) == 64
-        features = set(session.scalars(select(Vector.feature).where(Vector.content_id == content.id)))
+        features = set(
+            session.scalars(select(Vector.feature).where(Vector.content_id == content.id))
+        )
         assert features == {"cls", "mean"}
     assert index_ids(lib) == sorted(i for i, _ in image_rows(lib).values())
 
@@ -170,7 +178,9 @@ def _exif(make: str, model: str, taken: str) -> bytes:
 
 def _png_claiming(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
@@ -192,8 +202,14 @@ def test_hostile_files_are_reported_recorded_and_never_stop_the_run(tiny_model, 
 
     report = ingest(lib, photo_dir, model=tiny_model)
     failed = {Path(f["path"]).name: f["error"] for f in report["failed"]}
-    assert set(failed) == {"empty.jpg", "truncated.jpg", "random.png", "notes.jpg", "bomb.png",
-                           "folder.jpg"}
+    assert set(failed) == {
+        "empty.jpg",
+        "truncated.jpg",
+        "random.png",
+        "notes.jpg",
+        "bomb.png",
+        "folder.jpg",
+    }
     for name, error in failed.items():
         assert error and "\n" not in error and str(bad) not in error, (name, error)
     assert "empty" in failed["empty.jpg"].lower()
@@ -208,8 +224,9 @@ def test_hostile_files_are_reported_recorded_and_never_stop_the_run(tiny_model, 
     make_photo(bad / "notes.jpg", seed=8)
     again = ingest(lib, photo_dir)
     assert again["failed"] == [] and again["added"] == 1
-    assert "notes.jpg" not in {Path(f["path"]).name for f in run(
-        "status", "--library", lib, "--json")["failed"]}
+    assert "notes.jpg" not in {
+        Path(f["path"]).name for f in run("status", "--library", lib, "--json")["failed"]
+    }
 
 
 def test_symlink_loops_and_broken_links_do_not_hang(tiny_model, photo_dir, lib):

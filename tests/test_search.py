@@ -63,13 +63,31 @@ def test_search_embeds_an_outside_image_on_the_fly(library, tmp_path):
 
 def test_search_under_folder_returns_k_from_that_folder(library):
     lib, photos = library
-    result = run("search", photos / "p0.jpg", "--library", lib, "--under", photos / "album",
-                 "-k", "5", "--json")
+    result = run(
+        "search",
+        photos / "p0.jpg",
+        "--library",
+        lib,
+        "--under",
+        photos / "album",
+        "-k",
+        "5",
+        "--json",
+    )
     paths = [hit["path"] for hit in result["results"]]
     assert len(paths) == 5 and all(p.startswith(str(photos / "album") + "/") for p in paths)
     # the query inside the folder is left out and the other 4 come back
-    inside = run("search", photos / "album" / "a7.jpg", "--library", lib, "--under",
-                 photos / "album", "-k", "10", "--json")
+    inside = run(
+        "search",
+        photos / "album" / "a7.jpg",
+        "--library",
+        lib,
+        "--under",
+        photos / "album",
+        "-k",
+        "10",
+        "--json",
+    )
     assert len(inside["results"]) == 4
 
 
@@ -77,8 +95,9 @@ def test_min_score_and_table_output(library):
     lib, photos = library
     full = run("search", photos / "p0.jpg", "--library", lib, "-k", "11", "--json")
     cut = full["results"][4]["score"]
-    result = run("search", photos / "p0.jpg", "--library", lib, "-k", "11", "--min-score", cut,
-                 "--json")
+    result = run(
+        "search", photos / "p0.jpg", "--library", lib, "-k", "11", "--min-score", cut, "--json"
+    )
     assert len(result["results"]) == 5 and min(h["score"] for h in result["results"]) >= cut
     table = run("search", photos / "p0.jpg", "--library", lib, "-k", "2")
     lines = table.strip().splitlines()
@@ -90,8 +109,9 @@ def test_search_errors(library, tmp_path):
     assert "no such image" in run("search", tmp_path / "missing.jpg", "--library", lib, expect=1)
     out = run("search", photos / "p0.jpg", "--library", lib, "--feature", "pooler", expect=1)
     assert "no trained pooler" in out
-    assert "no vitdex library" in run("search", photos / "p0.jpg", "--library", tmp_path / "x",
-                                      expect=1)
+    assert "no vitdex library" in run(
+        "search", photos / "p0.jpg", "--library", tmp_path / "x", expect=1
+    )
     assert run("search", photos / "p0.jpg", "--library", lib, "-k", "0", expect=2)
     bad = tmp_path / "bad.jpg"
     bad.write_text("not a photo")
@@ -130,7 +150,7 @@ def test_index_rebuild_and_eval(library, kind):
 def test_missing_or_corrupt_index_file_is_rebuilt_from_sqlite(library):
     lib, photos = library
     with Library.open(lib) as library_:
-        (_, path), = index_files(library_, "cls")
+        ((_, path),) = index_files(library_, "cls")
     path.write_bytes(b"not an index")
     result = run("search", photos / "p1.jpg", "--library", lib, "--json")
     assert len(result["results"]) == 10
