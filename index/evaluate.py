@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from vitdex.index.vector_index import VectorIndex, _as_ids, normalize
 
 

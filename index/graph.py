@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+
 from vitdex.index.errors import IndexInputError
 from vitdex.index.vector_index import VectorIndex, _as_ids, normalize
 

@@ -98,7 +98,9 @@ def synced_index(library: Library, feature: str, *, save: bool) -> VectorIndex:
             index = VectorIndex.load(path)
         except IndexFileError as exc:
             log.warning("%s; rebuilding it from the database", exc)
-    if index is not None and (index.kind != wanted or file_generation > generation):
+    if index is not None and (
+        index.kind != wanted or file_generation > generation or _outgrown(index, count)
+    ):
         index = None
     if index is not None and file_generation == generation and index.ntotal == count:
         return index
@@ -114,6 +116,13 @@ def synced_index(library: Library, feature: str, *, save: bool) -> VectorIndex:
     if save:
         save_index(library, index, feature, generation)
     return index
+
+
+def _outgrown(index: VectorIndex, count: int) -> bool:
+    """An IVF index trained when the library was much smaller has too few lists: retrain it."""
+    from vitdex.index.vector_index import default_nlist
+
+    return "nlist" in index.params and default_nlist(count) > 2 * index.params["nlist"]
 
 
 def _catch_up(

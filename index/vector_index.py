@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
 from vitdex.index.errors import IndexFileError, IndexInputError, IndexKindError
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,12 @@ log = logging.getLogger(__name__)
 INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivfsq8", "ivfpq")
 
 # --- choose_kind thresholds: measured in docs/benchmarks.md, section "Search". ---
-# Flat is exact and needs no training, but its latency grows linearly (~0.4 us per vector per
-# query on the 2-core bench machine) and it stores 3 KB per 768-d vector. Past FLAT_MAX_N a
-# single query costs more than ~FLAT_BUDGET_MS, so "auto" switches to IVF + SQ8, which at 1M
-# answers in ~2 ms at recall@10 >= 0.98 with < 1 KB per vector. HNSW (> 3 KB/vector at d=768)
-# and IVF-PQ (recall plateaus well below 0.98) are never chosen automatically.
-FLAT_MAX_N = 20_000
+# Flat is exact, needs no training and removes cheaply, but a query scans every vector: ~0.4 us
+# per 768-d vector on the 2-core bench machine (about 0.4 s at 1M, 1 s under load) and 3 KB per
+# vector. Up to FLAT_MAX_N a query stays around the 3-4 ms budget; past it "auto" switches to
+# IVF + SQ8 (1M: p50 0.55 ms at recall@10 0.994, 788 B/vector). HNSW (3.3 KB/vector at d=768,
+# slow to build) and IVF-PQ (recall plateaus at ~0.83) are never chosen automatically.
+FLAT_MAX_N = 10_000
 AUTO_APPROX_KIND = "ivfsq8"
 
 # IVF sizing: nlist ~ 4 sqrt(n), at most NLIST_MAX, with >= MIN_POINTS_PER_LIST training points
@@ -44,6 +45,7 @@ KMEANS_NITER = 10
 # Build-time calibration: the smallest nprobe / efSearch whose measured recall@10 reaches this.
 RECALL_TARGET = 0.98
 CALIBRATION_QUERIES = 200
+HNSW_MIN_EF_SEARCH = 64
 
 _MAGIC = b"VITDEXIX"
 _END = b"VDXEND01"
@@ -125,6 +127,7 @@ class VectorIndex:
         self.dim = int(dim)
         self.params: dict[str, Any] = dict(params)
         self._ids_cache: np.ndarray | None = None
+        self._sorted_ids: np.ndarray | None = None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -175,7 +178,8 @@ class VectorIndex:
             keep.append(sub)
             index = faiss.IndexIDMap2(sub)
             index.add_with_ids(x, id_arr)
-            params = {"M": M, "efConstruction": ef_construction, "efSearch": ef_search or 16}
+            ef = ef_search or HNSW_MIN_EF_SEARCH
+            params = {"M": M, "efConstruction": ef_construction, "efSearch": ef}
         else:
             index, params = cls._build_ivf(kind, x, id_arr, nlist, m, centroids, seed)
             if nprobe is not None:
@@ -226,6 +230,7 @@ class VectorIndex:
                 raise IndexInputError(f"PQ m={m} must divide the dimension {d}")
             index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
             index.do_polysemous_training = False
+            index.pq.cp.niter = KMEANS_NITER  # codebooks: 10 k-means rounds, not 25
             params = {"nlist": nlist, "nprobe": min(16, nlist), "m": m, "nbits": 8}
         index.own_fields = True
         quantizer.this.disown()
@@ -267,7 +272,9 @@ class VectorIndex:
         _, gt = faiss.knn(q, x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
         gt_ids = ids[gt]
         key, top = ("nprobe", self.params["nlist"]) if self.kind != "hnsw" else ("efSearch", n)
-        value = 1 if key == "nprobe" else 16
+        # HNSW starts at 64: build vectors are graph nodes, so they overstate recall for new
+        # queries (measured: efSearch=16 gave 0.98 on build vectors, 0.94 on held-out ones).
+        value = 1 if key == "nprobe" else min(HNSW_MIN_EF_SEARCH, n)
         measured: dict[int, float] = {}
         while True:
             _, got = self._raw_search(q, k + 1, None, {key: value})
@@ -313,7 +320,17 @@ class VectorIndex:
                 arr = np.concatenate(parts) if parts else np.empty(0, np.int64)
             arr.flags.writeable = False
             self._ids_cache = arr
+            self._sorted_ids = np.sort(arr)
         return self._ids_cache
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        """Boolean mask of `ids` already in the index: O(len(ids) log n) on the cached sort."""
+        self.ids()
+        sorted_ids = self._sorted_ids
+        if not len(sorted_ids):
+            return np.zeros(len(ids), bool)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return sorted_ids[pos] == ids
 
     @property
     def nbytes(self) -> int:
@@ -372,7 +389,7 @@ class VectorIndex:
             return
         if len(np.unique(id_arr)) != len(id_arr):
             raise IndexInputError("ids contain duplicates")
-        present = np.isin(id_arr, self.ids())
+        present = self._present(id_arr)
         if present.any():
             raise IndexInputError(
                 f"{int(present.sum())} id(s) already in the index, "
@@ -458,7 +475,7 @@ class VectorIndex:
             if not allowed.size:
                 return scores, out_ids
             sel = faiss.IDSelectorBatch(allowed)
-            available = int(np.isin(allowed, self.ids(), assume_unique=True).sum())
+            available = int(self._present(allowed).sum())
         else:
             allowed = None
             available = self.ntotal
@@ -490,7 +507,7 @@ class VectorIndex:
         out_ids: np.ndarray,
     ) -> None:
         """Brute force over the allowed vectors for rows HNSW could not fill (graph unreachable)."""
-        present = allowed[np.isin(allowed, self.ids(), assume_unique=True)]
+        present = allowed[self._present(allowed)]
         vecs = np.vstack([self._index.reconstruct(int(i)) for i in present])
         sims = q[rows] @ vecs.T
         kk = min(k, len(present))
