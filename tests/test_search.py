@@ -159,3 +159,31 @@ def test_missing_or_corrupt_index_file_is_rebuilt_from_sqlite(library):
         stale.unlink()
     assert len(run("search", photos / "p1.jpg", "--library", lib, "--json")["results"]) == 10
     assert index_ids(lib) == sorted(i for i, _ in image_rows(lib).values())
+
+
+def test_pooler_only_with_trained_pooler_weights(
+    tiny_model, tiny_model_with_pooler, photo_dir, tmp_path
+):
+    refused = run(
+        "ingest",
+        photo_dir,
+        "--library",
+        tmp_path / "a",
+        "--model",
+        tiny_model,
+        "--feature",
+        "pooler",
+        expect=1,
+    )
+    assert "no trained pooler" in refused
+    lib = tmp_path / "b"
+    ingest(lib, photo_dir, model=tiny_model_with_pooler, extra=("--feature", "pooler"))
+    assert run("status", "--library", lib, "--json")["features"] == ["cls", "mean", "pooler"]
+    by_feature = {
+        feature: run(
+            "search", photo_dir / "photo0.jpg", "--library", lib, "--feature", feature, "--json"
+        )["results"]
+        for feature in ("cls", "pooler")
+    }
+    assert len(by_feature["pooler"]) == 3
+    assert [h["score"] for h in by_feature["pooler"]] != [h["score"] for h in by_feature["cls"]]
