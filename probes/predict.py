@@ -1,0 +1,83 @@
+"""Labelling images with a saved probe: named files, or every image in the library (stored)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vitdex.library.errors import NotFoundError
+from vitdex.probes.labels import absolute_path
+from vitdex.probes.store import SavedProbe, get_probe, store_predictions
+from vitdex.probes.vectors import stored_by_path
+
+if TYPE_CHECKING:
+    from vitdex.library.library import Library
+
+CHUNK = 8_192
+
+
+def _rows(probe: SavedProbe, paths: Sequence[str], proba: np.ndarray, top: int) -> list[dict]:
+    top = min(top, len(probe.classes))
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :top]
+    return [
+        {
+            "path": path,
+            "label": probe.classes[ranked[0]],
+            "score": float(p[ranked[0]]),
+            "top": [{"label": probe.classes[c], "score": float(p[c])} for c in ranked],
+        }
+        for path, p, ranked in zip(paths, proba, order, strict=True)
+    ]
+
+
+def predict_paths(
+    library: Library, name: str, images: Sequence[str | Path], *, top: int = 3,
+    model: str | None = None, device: str = "auto", runtime: str | None = None,
+) -> dict:
+    """Labels of `images`: stored vectors for library images, the others embedded on the fly."""
+    probe = get_probe(library, name)
+    paths = [absolute_path(image) for image in images]
+    stored = stored_by_path(library, paths, probe.feature)
+    vectors = []
+    for path in paths:
+        if path in stored:
+            vectors.append(stored[path][1])
+        elif not Path(path).is_file():
+            raise NotFoundError(f"{path}: no such image file")
+        else:
+            embedder = library.embedder(model, device=device, runtime=runtime)
+            vectors.append(embedder.embed_path(path)[probe.feature])
+    proba = probe.model.proba(np.stack(vectors))
+    return {"probe": probe.name, "predictions": _rows(probe, paths, proba, top)}
+
+
+def predict_all(
+    library: Library, name: str, *, top: int = 3, progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Label every image in the library and store the labels, replacing the probe's old ones."""
+    from vitdex.index.sync import stored_vectors
+    from vitdex.library.search import paths_of
+
+    probe = get_probe(library, name)
+    ids, vectors = stored_vectors(library, probe.feature)
+    labels: list[str] = []
+    scores = np.empty(len(ids), np.float32)
+    rows: list[dict] = []
+    for start in range(0, len(ids), CHUNK):
+        chunk_ids = ids[start:start + CHUNK]
+        proba = probe.model.proba(vectors[start:start + CHUNK])
+        paths = paths_of(library, chunk_ids.tolist())
+        chunk_rows = _rows(probe, [paths[int(i)] for i in chunk_ids], proba, top)
+        labels += [row["label"] for row in chunk_rows]
+        scores[start:start + len(chunk_ids)] = [row["score"] for row in chunk_rows]
+        rows += chunk_rows
+        if progress:
+            progress(len(chunk_ids))
+    stored = store_predictions(library, probe, ids, labels, scores)
+    tally = Counter(labels)
+    counts = {label: tally[label] for label in probe.classes}
+    return {"probe": probe.name, "stored": stored, "counts": counts, "predictions": rows}

@@ -1,0 +1,175 @@
+"""`vitdex probe` end to end on real tiny-ViT embeddings of images in class folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sqlalchemy import update
+
+from vitdex.cli.main import main
+from vitdex.storage import Probe
+
+COLOURS = {"red": (200, 40, 30), "green": (30, 180, 50), "blue": (40, 60, 210)}
+PER_CLASS = 8
+
+
+def colour_photo(path: Path, rgb: tuple[int, int, int], seed: int) -> Path:
+    """A noisy image in one colour family, so even a random tiny ViT tells the classes apart."""
+    rng = np.random.default_rng(seed)
+    base = np.array(rgb, np.int16) + rng.integers(-30, 31, 3)
+    pixels = base + rng.integers(-25, 26, (48, 48, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def run(*args: object, ok: bool = True):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model) -> dict:
+    """A library with a probe `colours` trained on class folders (plus a bad and a missing row)."""
+    root = tmp_path_factory.mktemp("probe")
+    classes = root / "classes"
+    for index, (label, rgb) in enumerate(COLOURS.items()):
+        for i in range(PER_CLASS):
+            colour_photo(classes / label / f"{label}{i}.png", rgb, seed=100 * index + i)
+    (classes / "red" / "broken.jpg").write_bytes(b"not a jpeg")
+    queries = {label: colour_photo(root / "queries" / f"{label}.png", rgb, seed=999 + i)
+               for i, (label, rgb) in enumerate(COLOURS.items())}
+    library = root / "library"
+    common = ["--library", library, "--model", tiny_model, "--device", "cpu"]
+    result = run("probe", "train", "colours", "--folders", classes, "--cv", 3, "--json", *common)
+    return {"root": root, "library": library, "common": common, "classes": classes,
+            "queries": queries, "result": result, "data": json.loads(result.stdout)}
+
+
+def test_train_reports_metrics_and_skips_unreadable_files(trained):
+    data = trained["data"]
+    assert data["name"] == "colours"
+    assert data["classes"] == ["blue", "green", "red"]
+    metrics = data["metrics"]
+    assert metrics["examples"] == 3 * PER_CLASS
+    assert metrics["val_accuracy"] > 1 / 3 and 0 <= metrics["balanced_accuracy"] <= 1
+    validation = metrics["validation"]
+    assert set(validation["per_class"]) == set(COLOURS)
+    assert np.array(validation["confusion"]).sum() == validation["n"] > 0
+    assert metrics["cv"]["folds"] == 3 and len(metrics["cv"]["fold_accuracy"]) == 3
+    assert np.array(metrics["cv"]["confusion"]).sum() == 3 * PER_CLASS
+    assert metrics["cv"]["accuracy"] > 1 / 3
+    sweep = metrics["regularization"]["sweep"]
+    assert metrics["regularization"]["C"] in [row["C"] for row in sweep]
+    broken = trained["classes"] / "red" / "broken.jpg"
+    assert [row["path"] for row in data["skipped"]] == [str(broken)]
+    assert data["ingested"] == 3 * PER_CLASS
+
+
+def test_saved_probe_is_listed_shown_and_bound_to_the_spec(trained):
+    from vitdex.library import Library
+
+    listed = json.loads(run("probe", "list", "--json", "--library", trained["library"]).stdout)
+    (row,) = listed["probes"]
+    assert row["name"] == "colours" and row["matches_library_spec"]
+    shown = json.loads(run("probe", "show", "colours", "--json", "--library",
+                           trained["library"]).stdout)
+    assert shown["metrics"] == trained["data"]["metrics"]
+    assert "validation (" in run("probe", "show", "colours", "--library", trained["library"]).stdout
+    with Library.open(trained["library"]) as library, library.sessions() as session:
+        probe = session.query(Probe).one()
+        assert probe.spec_key == library.require_spec().key
+        assert len(probe.weights) == 4 * 3 * probe.dim and len(probe.bias) == 4 * 3
+
+
+def test_predict_files_inside_and_outside_the_library(trained):
+    outside = trained["queries"]
+    inside = trained["classes"] / "green" / "green0.png"
+    data = json.loads(run("probe", "predict", "colours", inside, *outside.values(), "--top", 2,
+                          "--json", *trained["common"]).stdout)
+    predictions = data["predictions"]
+    assert [p["path"] for p in predictions] == [str(inside), *map(str, outside.values())]
+    for prediction in predictions:
+        assert len(prediction["top"]) == 2
+        assert prediction["label"] == prediction["top"][0]["label"]
+        assert prediction["top"][0]["score"] >= prediction["top"][1]["score"]
+        assert 0 < prediction["score"] <= 1
+    correct = sum(p["label"] == label for p, label in zip(predictions[1:], outside, strict=True))
+    assert correct >= 2, predictions
+
+
+def test_predict_all_then_search_by_label(trained):
+    from vitdex.library import Library
+
+    common, library = trained["common"], trained["library"]
+    query = trained["queries"]["blue"]
+    refused = run("search", query, "--probe", "colours", "--label", "blue", *common, ok=False)
+    assert refused.exit_code == 1 and "probe predict colours --all" in refused.output
+    stored = json.loads(run("probe", "predict", "colours", "--all", "--json", *common).stdout)
+    assert stored["stored"] == 3 * PER_CLASS == sum(stored["counts"].values())
+    blue = {p["path"] for p in stored["predictions"] if p["label"] == "blue"}
+    assert blue
+    hits = json.loads(run("search", query, "--probe", "colours", "--label", "blue", "-k", 50,
+                          "--json", *common).stdout)["results"]
+    assert {h["path"] for h in hits} == blue
+    # Predicting again replaces the stored rows rather than adding to them.
+    run("probe", "predict", "colours", "--all", *common)
+    with Library.open(library) as opened:
+        from vitdex.probes.store import get_probe, prediction_count
+
+        assert prediction_count(opened, get_probe(opened, "colours").id) == 3 * PER_CLASS
+    unknown = run("search", query, "--probe", "colours", "--label", "purple", *common, ok=False)
+    assert unknown.exit_code == 1 and "blue, green, red" in unknown.output
+    assert run("search", query, "--probe", "colours", *common, ok=False).exit_code == 2
+
+
+def test_existing_name_needs_replace_and_delete_removes(trained):
+    common, classes = trained["common"], trained["classes"]
+    again = run("probe", "train", "colours", "--folders", classes, *common, ok=False)
+    assert again.exit_code == 1 and "--replace" in again.output
+    run("probe", "train", "spare", "--folders", classes, *common)
+    assert "deleted probe spare" in run("probe", "delete", "spare", *common[:2]).stdout
+    listed = json.loads(run("probe", "list", "--json", *common[:2]).stdout)["probes"]
+    assert [p["name"] for p in listed] == ["colours"]
+    missing = run("probe", "show", "spare", *common[:2], ok=False)
+    assert missing.exit_code == 1 and "no probe named 'spare'" in missing.output
+
+
+def test_probe_of_another_spec_is_refused(trained):
+    from vitdex.library import Library
+
+    common = trained["common"]
+    run("probe", "train", "foreign", "--folders", trained["classes"], *common)
+    with Library.open(trained["library"]) as library, library.sessions.begin() as session:
+        session.execute(update(Probe).where(Probe.name == "foreign").values(spec_key="0" * 16))
+    refused = run("probe", "predict", "foreign", trained["queries"]["red"], *common, ok=False)
+    assert refused.exit_code == 1 and "spec" in refused.output and "--replace" in refused.output
+    listed = json.loads(run("probe", "list", "--json", *common[:2]).stdout)["probes"]
+    assert {p["name"]: p["matches_library_spec"] for p in listed}["foreign"] is False
+    run("probe", "delete", "foreign", *common[:2])
+
+
+def test_labels_csv_with_missing_files_and_too_few_examples(trained, tmp_path, caplog):
+    classes = trained["classes"]
+    csv = tmp_path / "labels.csv"
+    rows = [f"{classes}/red/red{i}.png,red" for i in range(4)]
+    rows += [f"{classes}/blue/blue{i}.png,blue" for i in range(4)]
+    rows += [f"{classes}/green/green0.png,green", "gone.png,green"]
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    result = run("probe", "train", "few", "--labels", csv, *trained["common"], ok=False)
+    assert result.exit_code == 1
+    assert "'green' (1)" in result.output
+    assert f"skipped {tmp_path / 'gone.png'} (green): no such file" in caplog.text
+
+
+def test_usage_errors(trained):
+    common = trained["common"]
+    assert run("probe", "train", "x", *common, ok=False).exit_code == 2
+    assert run("probe", "predict", "colours", *common, ok=False).exit_code == 2
