@@ -66,6 +66,9 @@ def main() -> None:
     for row in tuned.sweep:
         print(f"  C={row['C']:g}  val_accuracy={row['val_accuracy']:.4f}"
               f"  iterations={row['iterations']:3d}  {row['seconds']:.1f}s")
+    if tuned.refit is not None:
+        print(f"  refit on {tuned.refit['examples']} at C={tuned.c:g}"
+              f"  iterations={tuned.refit['iterations']:3d}  {tuned.refit['seconds']:.1f}s")
     print(f"vitdex probe training (sweep of {len(tuned.sweep)} values + final refit):"
           f" {ours:.1f}s, chose C={tuned.c:g}, held-out validation accuracy"
           f" {validation['accuracy']:.4f}, test accuracy {accuracy:.4f}")

@@ -34,6 +34,13 @@ def library_option(func: Callable) -> Callable:
 
 def model_options(func: Callable) -> Callable:
     func = click.option(
+        "--runtime",
+        type=click.Choice(["fp32", "int8"]),
+        default=None,
+        help="CPU inference: fp32 (torch) or int8 (ONNX Runtime, about 2x faster, needs"
+        " vitdex[fast]; its vectors form their own spec). Default: the library's, else fp32.",
+    )(func)
+    func = click.option(
         "--device",
         type=click.Choice(["auto", "cpu", "cuda", "mps"]),
         default="auto",

@@ -26,9 +26,16 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
-    from vitdex.cli import index_commands, library_commands
+    from vitdex.cli import (
+        dupes_commands,
+        index_commands,
+        library_commands,
+        probe_commands,
+        serve_commands,
+    )
 
-    for command in (*library_commands.COMMANDS, index_commands.index):
+    for command in (*library_commands.COMMANDS, index_commands.index, *dupes_commands.COMMANDS,
+                    serve_commands.serve, *probe_commands.COMMANDS):
         main.add_command(command)
 
 

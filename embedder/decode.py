@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
 from vitdex.embedder.errors import DecodeError
 
 log = logging.getLogger(__name__)

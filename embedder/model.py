@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
+
 from vitdex.embedder.decode import decode_image
 from vitdex.embedder.errors import FeatureError, ModelLoadError
 from vitdex.embedder.pipeline import EmbedResult, cpu_split, stream_embeddings

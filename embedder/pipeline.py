@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
+
 from vitdex.embedder.decode import ImageInfo, decode_image
 from vitdex.embedder.errors import DecodeError
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vitdex.embedder.errors import ModelLoadError
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLAN_CHUNK = 256
+HASH_WORKERS = min(8, os.cpu_count() or 1)
 MAX_QUEUED_ACTIONS = 2048  # cheap changes (moves, links, failures) are committed at least this often
 Progress = Callable[[str, int], None]
 
@@ -86,6 +88,13 @@ def file_sha256(path: str) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _sha256_or_error(path: str) -> str | OSError:
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        return exc
+
+
 def under_clause(column, folder: Path):
     """`column` is a path below `folder`, written as a range so SQLite uses the unique index."""
     prefix = str(folder).rstrip(os.sep) + os.sep
@@ -111,12 +120,18 @@ class _Planner:
         self.actions: deque[tuple] = deque()  # drained by the writer between batches
         self.claimed: set[int] = set()  # image ids already taken by a move in this run
         self.pending: dict[str, str] = {}  # sha256 -> path being embedded in this run
+        self.hasher = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="vitdex-hash")
+        self.stored: set[str] = set()  # of the chunk being planned: see _lookup_contents
+        self.holders: dict[str, list[tuple[int, str]]] = {}
 
     def jobs(self) -> Iterator[EmbedJob]:
-        for chunk in batched(self.found, PLAN_CHUNK):
-            if self.flush and len(self.actions) >= MAX_QUEUED_ACTIONS:
-                self.flush()
-            yield from self._plan_chunk(chunk)
+        try:
+            for chunk in batched(self.found, PLAN_CHUNK):
+                if self.flush and len(self.actions) >= MAX_QUEUED_ACTIONS:
+                    self.flush()
+                yield from self._plan_chunk(chunk)
+        finally:
+            self.hasher.shutdown(wait=False, cancel_futures=True)
 
     def _plan_chunk(self, chunk: tuple[FoundFile, ...]) -> Iterator[EmbedJob]:
         paths = [f.path for f in chunk]
@@ -135,6 +150,7 @@ class _Planner:
                     select(Failure.path, Failure.size, Failure.mtime_ns).where(Failure.path.in_(paths))
                 )
             }
+        candidates = []
         for found in chunk:
             known = images.get(found.path)
             if known and (known.size, known.mtime_ns) == (found.size, found.mtime_ns):
@@ -148,10 +164,15 @@ class _Planner:
                 continue
             if not found.claims_image and self.sniff(found.path) is None:
                 continue  # not an image by name or by content: not ours
-            try:
-                sha = file_sha256(found.path)
-            except OSError as exc:
-                self._fail(found, f"cannot read ({exc.strerror or exc})")
+            candidates.append(found)
+        # hashlib and file reads release the GIL: hash the chunk in parallel, off the path of
+        # the decode workers and the model, then look its contents up in two queries.
+        hashes = list(self.hasher.map(_sha256_or_error, [f.path for f in candidates]))
+        self._lookup_contents([sha for sha in hashes if not isinstance(sha, OSError)])
+        for found, sha in zip(candidates, hashes, strict=True):
+            known = images.get(found.path)
+            if isinstance(sha, OSError):
+                self._fail(found, f"cannot read ({sha.strerror or sha})")
                 continue
             if known:
                 if sha == known.sha256:  # touched, not changed
@@ -170,11 +191,31 @@ class _Planner:
             self.report.added += 1
             yield from self._content_job(found, sha, image_id=None)
 
+    def _lookup_contents(self, shas: list[str]) -> None:
+        """Which of the chunk's contents are stored, and the images that hold them.
+
+        Read once per chunk: what the run writes meanwhile is in `pending` and `claimed`, and its
+        new images' files exist, so neither answer goes stale within the chunk.
+        """
+        self.stored = set()
+        self.holders = {}
+        if not shas:  # a rescan of unchanged files: no query at all
+            return
+        with self.library.sessions() as session:
+            for part in batched(set(shas), 500):
+                self.stored.update(
+                    session.scalars(select(Content.sha256).where(Content.sha256.in_(part)))
+                )
+                rows = session.execute(
+                    select(Image.id, Image.path, Content.sha256).join(Content)
+                    .where(Content.sha256.in_(part))
+                )
+                for row in rows:
+                    self.holders.setdefault(row.sha256, []).append((row.id, row.path))
+
     def _content_job(self, found: FoundFile, sha: str, image_id: int | None) -> Iterator[EmbedJob]:
         """Embed a content once: a content already stored, or being embedded, is only linked."""
-        with self.library.sessions() as session:
-            stored = session.scalar(select(Content.id).where(Content.sha256 == sha))
-        if stored is not None or sha in self.pending:
+        if sha in self.stored or sha in self.pending:
             self.actions.append(("link", sha, image_id, found.path, found.size, found.mtime_ns))
             return
         self.pending[sha] = found.path
@@ -182,13 +223,9 @@ class _Planner:
 
     def _vanished_image_with(self, sha: str) -> int | None:
         """An image with this content whose file is gone: the file was moved or renamed."""
-        with self.library.sessions() as session:
-            rows = session.execute(
-                select(Image.id, Image.path).join(Content).where(Content.sha256 == sha)
-            ).all()
-        for row in rows:
-            if row.id not in self.claimed and not os.path.exists(row.path):
-                return row.id
+        for image_id, path in self.holders.get(sha, ()):
+            if image_id not in self.claimed and not os.path.exists(path):
+                return image_id
         return None
 
     def _fail(self, found: FoundFile, reason: str) -> None:
@@ -290,7 +327,8 @@ def ingest(
     *,
     model: str | None = None,
     device: str = "auto",
-    batch_size: int = 16,
+    runtime: str | None = None,
+    batch_size: int | None = None,
     workers: int | None = None,
     commit_every: int = 64,
     dry_run: bool = False,
@@ -320,15 +358,15 @@ def ingest(
         return report
 
     with write_lock(library.folder, wait=wait):
-        if model is not None or library.spec_row is None:
-            library.embedder(model, device=device)  # checks the spec before any work
+        if model is not None or runtime is not None or library.spec_row is None:
+            library.embedder(model, device=device, runtime=runtime)  # checks the spec first
         writer = _Writer(library, library.spec_row.id if library.spec_row else None)
         planner = _Planner(library, found(), report)
         planner.flush = lambda: writer.commit(planner.actions, [], report)
         jobs = planner.jobs()
         first = next(jobs, None)
         if first is not None:
-            embedder = library.embedder(model, device=device)
+            embedder = library.embedder(model, device=device, runtime=runtime)
             writer.spec_id = library.spec_row.id
             for feature in index_features:
                 embedder.check_feature(feature)

@@ -84,6 +84,16 @@ class Library:
                 session.add(row)
                 session.flush()
                 return row
+        bound = json.loads(row.spec_json).get("runtime", "torch-fp32")
+        if row.key != spec.key and bound != spec.runtime:
+            from vitdex.embedder import runtime_option
+
+            raise SpecMismatchError(
+                f"library {self.folder} holds vectors made with --runtime"
+                f" {runtime_option(bound)}, not {runtime_option(spec.runtime)}; vectors of two"
+                " runtimes never mix. Drop --runtime to use the library's own, or start a new"
+                " library with `--library NEW_FOLDER` (or VITDEX_LIBRARY)."
+            )
         if row.key != spec.key:
             raise SpecMismatchError(
                 f"library {self.folder} holds vectors of {row.model_id} (revision {row.revision},"
@@ -93,14 +103,24 @@ class Library:
             )
         return row
 
-    def embedder(self, model: str | None = None, *, device: str = "auto") -> Embedder:
-        """The embedder for this library's spec (loaded once, lazily: it imports torch)."""
+    def embedder(
+        self, model: str | None = None, *, device: str = "auto", runtime: str | None = None
+    ) -> Embedder:
+        """The embedder for this library's spec (loaded once, lazily: it imports torch).
+
+        `runtime` ("fp32" or "int8") defaults to the one the library was made with, so a search
+        needs no --runtime; the int8 model is cached in the library's models/ folder.
+        """
         if self._embedder is None:
-            from vitdex.embedder import Embedder
+            from vitdex.embedder import Embedder, runtime_option
 
             row = self.spec_row
+            spec = self.spec
             self._embedder = Embedder.load(
-                resolve_model(model, row.model_id if row else None), device=device
+                resolve_model(model, row.model_id if row else None),
+                device=device,
+                runtime=runtime or (runtime_option(spec.runtime) if spec else "fp32"),
+                cache_dir=self.folder / "models",
             )
             self.bind_spec(self._embedder.spec)
         return self._embedder

@@ -36,7 +36,7 @@ def check_feature(library: Library, feature: str) -> None:
 
 def query_vector(
     library: Library, query: str | Path, feature: str, *, model: str | None = None,
-    device: str = "auto",
+    device: str = "auto", runtime: str | None = None,
 ) -> tuple[np.ndarray, int | None]:
     """The query's vector and its image id: stored when the file is in the library, else embedded."""
     path = Path(query).expanduser().absolute()
@@ -51,7 +51,8 @@ def query_vector(
         return from_blob(row.data, spec.dim), row.id
     if not path.is_file():
         raise NotFoundError(f"{path}: no such image file")
-    return library.embedder(model, device=device).embed_path(path)[feature], None
+    embedder = library.embedder(model, device=device, runtime=runtime)
+    return embedder.embed_path(path)[feature], None
 
 
 def ids_under(library: Library, folder: str | Path) -> np.ndarray:
@@ -78,6 +79,7 @@ def search(
     allowed_ids: np.ndarray | None = None,
     model: str | None = None,
     device: str = "auto",
+    runtime: str | None = None,
 ) -> dict:
     """The k images most similar to `query` by cosine, best first; the query itself left out.
 
@@ -87,7 +89,9 @@ def search(
     if k < 1:
         raise ValueError("k must be at least 1")
     check_feature(library, feature)
-    vector, self_id = query_vector(library, query, feature, model=model, device=device)
+    vector, self_id = query_vector(
+        library, query, feature, model=model, device=device, runtime=runtime
+    )
     if under is not None:
         folder_ids = ids_under(library, under)
         allowed_ids = folder_ids if allowed_ids is None else np.intersect1d(allowed_ids, folder_ids)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vitdex.probes.linear import LinearModel
 from vitdex.probes.metrics import accuracy, balanced_accuracy, log_loss
@@ -39,6 +38,10 @@ PATIENCE = 1  # the sweep stops at the first value that does not beat the best (
 # Below this many multiply-adds per pass (n * dim * classes) one thread is faster: OpenMP's thread
 # handoff costs more than it saves, badly so on a busy machine (measured 100x on 300 x 32 x 5).
 SINGLE_THREAD_WORK = 20_000_000
+HISTORY_SIZE = 10
+ARMIJO = 1e-4  # sufficient decrease: loss(step) <= loss + ARMIJO * step * slope
+MAX_LINE_SEARCH = 20
+PRECONDITION_SAMPLE = 20_000  # rows used to estimate the preconditioner's covariance
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Tuned:
     l2: float
     sweep: list[dict]
     selected_by: str
+    refit: dict | None = None  # the final fit's iterations and seconds, when there was one
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -79,45 +83,173 @@ def fit(
     init: LinearModel | None = None,
     max_iter: int = MAX_ITER,
     loss_tolerance: float = LOSS_TOLERANCE,
+    basis: Spectrum | None = None,
 ) -> tuple[LinearModel, int]:
-    """Minimise the objective on (x, y); returns the model and the L-BFGS iterations it took."""
+    """Minimise the objective on (x, y); returns the model and the L-BFGS iterations it took.
+
+    L-BFGS runs on V = W P^-1 (scores W x = V P x), P from `_preconditioner`, where the data
+    term's curvature is close to isotropic and matches the bias's; the objective, and so the
+    solution, is unchanged. `basis` is spectrum(x), passed in when several fits share x.
+    """
     x = np.asarray(x, np.float32)
+    n, dim = x.shape
     mean = x.mean(axis=0)
     features = torch.from_numpy(x - mean)
     targets = torch.from_numpy(np.asarray(y, np.int64))
+    rows = torch.arange(n)
     sample_weight = None
     if balanced:
         sample_weight = torch.from_numpy(class_weights(y, n_classes)[y].astype(np.float32))
-    if init is None:
-        weights = torch.zeros(n_classes, x.shape[1])
-        bias = torch.zeros(n_classes)
-    else:  # the same scores on centred inputs: W (x - mean) + (b + W mean)
-        weights = torch.from_numpy(init.weights.copy())
-        bias = torch.from_numpy((init.bias + init.weights @ mean).astype(np.float32))
-    weights.requires_grad_(True)
-    bias.requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [weights, bias], lr=1.0, max_iter=max_iter, history_size=10, tolerance_grad=GRAD_TOLERANCE,
-        tolerance_change=loss_tolerance, line_search_fn="strong_wolfe",
-    )
+    precondition, restore = _preconditioner(basis or spectrum(x), n_classes, l2)
+    theta = torch.zeros(n_classes * (dim + 1))
+    variables, bias = theta[: n_classes * dim].view(n_classes, dim), theta[n_classes * dim :]
+    if init is not None:  # the same scores on centred inputs: W (x - mean) + (b + W mean)
+        variables.copy_(torch.from_numpy(init.weights) @ restore)
+        bias.copy_(torch.from_numpy((init.bias + init.weights @ mean).astype(np.float32)))
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = torch.addmm(bias, features, weights.T)
+    def loss_and_gradient(theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The mean (weighted) cross-entropy plus l2/2 ||W||^2, and its gradient in (V, b)."""
+        w = theta[: n_classes * dim].view(n_classes, dim) @ precondition
+        logits = torch.addmm(theta[n_classes * dim :], features, w.T)
+        normaliser = torch.logsumexp(logits, dim=1)
+        losses = normaliser - logits[rows, targets]
+        residual = logits.sub_(normaliser[:, None]).exp_()  # softmax, in place
+        residual[rows, targets] -= 1
         if sample_weight is None:
-            loss = F.cross_entropy(logits, targets)
+            loss = losses.mean()
+            residual /= n
         else:
-            loss = (F.cross_entropy(logits, targets, reduction="none") * sample_weight).mean()
-        loss = loss + 0.5 * l2 * weights.pow(2).sum()
-        loss.backward()
-        return loss
+            loss = (losses * sample_weight).mean()
+            residual *= (sample_weight / n)[:, None]
+        gradient = torch.empty_like(theta)
+        torch.mm(torch.addmm(w, residual.T, features, alpha=1.0, beta=l2), precondition,
+                 out=gradient[: n_classes * dim].view(n_classes, dim))
+        torch.sum(residual, dim=0, out=gradient[n_classes * dim :])
+        return float(loss) + 0.5 * l2 * float(w.pow(2).sum()), gradient
 
-    with _threads_for(x.shape[0] * x.shape[1] * n_classes):
-        optimizer.step(closure)
-    iterations = optimizer.state[weights].get("n_iter", 0)
-    w = weights.detach().numpy().astype(np.float32)
-    b = (bias.detach().numpy() - w @ mean).astype(np.float32)
-    return LinearModel(w, b), iterations
+    with torch.no_grad(), _threads_for(n * dim * n_classes):
+        # Near a uniform start the Hessian in (V, b) is about I / K: a first step of K times the
+        # gradient is about Newton's, where torch's L-BFGS would start tiny and extrapolate.
+        theta, iterations, evaluations = lbfgs(
+            loss_and_gradient, theta, first_scale=float(n_classes), max_iter=max_iter,
+            grad_tolerance=GRAD_TOLERANCE, loss_tolerance=loss_tolerance,
+        )
+        w = (theta[: n_classes * dim].view(n_classes, dim) @ precondition).numpy()
+    log.debug("fit: %d x %d, %d classes, l2 %.3g: %d iterations, %d evaluations",
+              n, dim, n_classes, l2, iterations, evaluations)
+    b = (theta[n_classes * dim :].numpy() - w @ mean).astype(np.float32)
+    return LinearModel(w.astype(np.float32), b), iterations
+
+
+def lbfgs(
+    loss_and_gradient: Callable[[torch.Tensor], tuple[float, torch.Tensor]],
+    theta: torch.Tensor,
+    *,
+    first_scale: float,
+    max_iter: int,
+    grad_tolerance: float,
+    loss_tolerance: float,
+    history_size: int = HISTORY_SIZE,
+) -> tuple[torch.Tensor, int, int]:
+    """Minimise from theta with L-BFGS and a backtracking (Armijo) line search.
+
+    Stops after max_iter iterations, when the largest gradient entry is at most grad_tolerance,
+    when an iteration lowers the objective by less than loss_tolerance relative to it, or when
+    the line search finds no decrease. Returns (theta, iterations, function evaluations).
+    """
+    loss, gradient = loss_and_gradient(theta)
+    evaluations = 1
+    steps: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (s, y, 1 / s.y)
+    scale = first_scale  # the initial inverse Hessian, scale * I
+    iterations = 0
+    while iterations < max_iter and float(gradient.abs().max()) > grad_tolerance:
+        direction = gradient.neg()  # two-loop recursion: direction = -H gradient
+        alphas = []
+        for s, y, rho in reversed(steps):
+            alpha = rho * float(s @ direction)
+            direction.add_(y, alpha=-alpha)
+            alphas.append(alpha)
+        direction.mul_(scale)
+        for (s, y, rho), alpha in zip(steps, reversed(alphas), strict=True):
+            direction.add_(s, alpha=alpha - rho * float(y @ direction))
+        slope = float(gradient @ direction)
+        if slope >= 0:  # not a descent direction (should not happen): restart from the gradient
+            steps.clear()
+            direction, slope = gradient * -scale, -scale * float(gradient @ gradient)
+        step = 1.0
+        for _ in range(MAX_LINE_SEARCH):
+            new_loss, new_gradient = loss_and_gradient(theta + step * direction)
+            evaluations += 1
+            if new_loss <= loss + ARMIJO * step * slope:
+                break
+            # the minimum of the quadratic through loss, slope and new_loss, kept in [0.1, 0.5]
+            curvature = new_loss - loss - slope * step
+            shrink = -slope * step / (2 * curvature) if curvature > 0 else 0.5
+            step *= min(max(shrink, 0.1), 0.5)
+        else:
+            break  # no decrease: as close as float32 gets
+        iterations += 1
+        s = direction.mul_(step)
+        y = new_gradient - gradient
+        sy = float(s @ y)
+        if sy > 1e-10 * float(y @ y):  # keep H positive definite
+            steps.append((s, y, 1.0 / sy))
+            del steps[:-history_size]
+            scale = sy / float(y @ y)
+        theta = theta + s
+        decrease = loss - new_loss
+        loss, gradient = new_loss, new_gradient
+        if decrease <= loss_tolerance * max(abs(loss), 1e-12):
+            break
+    return theta, iterations, evaluations
+
+
+
+
+@dataclass
+class Spectrum:
+    """Eigenpairs of the covariance of centred inputs (d x r vectors, r = d or the sample size)."""
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+    full: bool
+
+
+def spectrum(x: np.ndarray) -> Spectrum:
+    """The covariance's eigenpairs, from at most PRECONDITION_SAMPLE evenly spaced rows of x.
+
+    With fewer rows than dimensions it diagonalises the rows' Gram matrix instead (cheaper; the
+    covariance is zero outside the rows' span).
+    """
+    x = np.asarray(x, np.float32)
+    sample = torch.from_numpy(x[:: max(1, len(x) // PRECONDITION_SAMPLE)])
+    sample = sample - sample.mean(dim=0)
+    m, dim = sample.shape
+    if m >= dim:
+        values, vectors = torch.linalg.eigh((sample.T @ sample).double() / m)
+        return Spectrum(values.clamp(min=0), vectors, True)
+    values, u = torch.linalg.eigh((sample @ sample.T).double() / m)
+    keep = values > values.max() * 1e-10
+    values, u = values[keep], u[:, keep]
+    vectors = sample.double().T @ (u / (values * m).sqrt())
+    return Spectrum(values, vectors, False)
+
+
+def _preconditioner(basis: Spectrum, n_classes: int, l2: float) -> tuple[torch.Tensor, ...]:
+    """P = (S + K l2 I)^-1/2 and its inverse, S the inputs' covariance, K the number of classes.
+
+    Near a uniform start the data term's Hessian in W is about S / K per class, so in V = W P^-1
+    the objective's Hessian is about I / K, like the bias's.
+    """
+    floor = n_classes * l2
+    scale = (basis.values + floor).rsqrt()
+    precondition = (basis.vectors * scale) @ basis.vectors.T
+    restore = (basis.vectors / scale) @ basis.vectors.T
+    if not basis.full:  # outside the span: (0 + K l2)^-1/2
+        rest = torch.eye(len(basis.vectors), dtype=torch.float64) - basis.vectors @ basis.vectors.T
+        precondition += rest * floor ** -0.5
+        restore += rest * floor ** 0.5
+    return precondition.float(), restore.float()
 
 
 def score(model: LinearModel, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
@@ -156,12 +288,13 @@ def sweep(
     best_model: LinearModel | None = None
     best_c = grid[0]
     model: LinearModel | None = None
+    basis = spectrum(x[fit_idx])
     worse_in_a_row = 0
     for c in sorted(grid):
         started = time.perf_counter()
         l2 = 1.0 / (c * len(fit_idx))
         model, iterations = fit(x[fit_idx], y[fit_idx], n_classes, l2, balanced=balanced,
-                                init=model, max_iter=SWEEP_MAX_ITER)
+                                init=model, max_iter=SWEEP_MAX_ITER, basis=basis)
         scores = score(model, x[val_idx], y[val_idx], n_classes)
         rows.append({"C": c, "l2": l2, "iterations": iterations, "fit_examples": len(fit_idx),
                      "seconds": time.perf_counter() - started,
@@ -188,6 +321,14 @@ def tune(
 ) -> Tuned:
     """Sweep C on a validation split of (x, y), then refit on all of (x, y) at that C."""
     swept = sweep(x, y, n_classes, balanced=balanced, rng=rng, grid=grid)
+    return refit(x, y, n_classes, swept, balanced=balanced)
+
+
+def refit(x: np.ndarray, y: np.ndarray, n_classes: int, swept: Tuned, *, balanced: bool) -> Tuned:
+    """The swept C fitted on all of (x, y), warm-started from the sweep's model at that C."""
+    started = time.perf_counter()
     l2 = 1.0 / (swept.c * len(y))
-    final, _ = fit(x, y, n_classes, l2, balanced=balanced, init=swept.model)
-    return Tuned(final, swept.c, l2, swept.sweep, swept.selected_by)
+    final, iterations = fit(x, y, n_classes, l2, balanced=balanced, init=swept.model)
+    record = {"iterations": iterations, "examples": len(y),
+              "seconds": time.perf_counter() - started}
+    return Tuned(final, swept.c, l2, swept.sweep, swept.selected_by, record)

@@ -81,7 +81,7 @@ def train_probe(
         "validation": validation,
         "regularization": {"C": final.c, "l2": final.l2,
                            "selected_by": final.selected_by,
-                           "sweep": final.sweep},
+                           "sweep": final.sweep, "refit": final.refit},
         "train_seconds": train_seconds,
         "examples": len(y),
         "class_counts": {label: int(count) for label, count in
@@ -114,14 +114,12 @@ def fit_and_score(
     chosen C's sweep model, which never saw the evaluation split, is scored on it. The final model
     is that C refitted on everything, warm-started from the sweep model.
     """
-    from vitdex.probes.logreg import Tuned, fit, sweep
+    from vitdex.probes.logreg import refit, sweep
 
     rest, held_out = stratified_split(y, EVALUATION_FRACTION, rng)
     swept = sweep(x[rest], y[rest], len(classes), balanced=balanced, rng=rng)
     validation = classification_report(y[held_out], swept.model.proba(x[held_out]), classes)
-    l2 = 1.0 / (swept.c * len(y))
-    model, _ = fit(x, y, len(classes), l2, balanced=balanced, init=swept.model)
-    return Tuned(model, swept.c, l2, swept.sweep, swept.selected_by), validation
+    return refit(x, y, len(classes), swept, balanced=balanced), validation
 
 
 def cross_validate(
