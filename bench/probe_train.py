@@ -54,6 +54,7 @@ def main() -> None:
     x_train, y_train, x_test, y_test = x[: args.n], y[: args.n], x[args.n :], y[args.n :]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
           f" torch {torch.__version__} on {args.threads} threads")
+    print("load average (1, 5, 15 min) at start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     print(f"data: {args.n} x {args.dim} float32, {args.classes} classes,"
           f" {args.test} held-out test points")
 
@@ -73,6 +74,8 @@ def main() -> None:
           f" {ours:.1f}s, chose C={tuned.c:g}, held-out validation accuracy"
           f" {validation['accuracy']:.4f}, test accuracy {accuracy:.4f}")
     if args.no_sklearn:
+        print("load average (1, 5, 15 min) at end: "
+              + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
         return
 
     from sklearn.linear_model import LogisticRegression
@@ -87,6 +90,7 @@ def main() -> None:
           f" {reference.n_iter_[0]} iterations,"
           f" test accuracy {reference.score(x_test, y_test):.4f}")
     print(f"ratio: vitdex whole training / scikit-learn single fit = {ours / theirs:.2f}")
+    print("load average (1, 5, 15 min) at end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":

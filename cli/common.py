@@ -56,7 +56,9 @@ def model_options(func: Callable) -> Callable:
 
 
 def json_option(func: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        func
+    )
 
 
 def feature_option(default: str = "cls") -> Callable:
@@ -82,6 +84,6 @@ def emit_json(data) -> None:
 def stderr_progress(desc: str, unit: str):
     from tqdm import tqdm
 
-    return tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
-                disable=None)
-
+    return tqdm(
+        desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, disable=None
+    )

@@ -15,9 +15,14 @@ def index() -> None:
 @index.command()
 @library_option
 @feature_option()
-@click.option("--type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivfsq8", "ivfpq"]),
-              default="auto", show_default=True,
-              help="Index type; auto is exact Flat while small, IVF-SQ8 past the documented size.")
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["auto", "flat", "hnsw", "ivfsq8", "ivfpq"]),
+    default="auto",
+    show_default=True,
+    help="Index type; auto is exact Flat while small, IVF-SQ8 past the documented size.",
+)
 @json_option
 def rebuild(library_path, feature, kind, as_json):
     """Rebuild the index from the vectors stored in SQLite (the type is remembered)."""
@@ -29,7 +34,12 @@ def rebuild(library_path, feature, kind, as_json):
         library.require_spec()
         check_feature(library, feature)
         built = rebuild_index(library, feature, kind)
-        data = {"feature": feature, "kind": built.kind, "vectors": built.ntotal, "params": built.params}
+        data = {
+            "feature": feature,
+            "kind": built.kind,
+            "vectors": built.ntotal,
+            "params": built.params,
+        }
     if as_json:
         emit_json(data)
     else:
@@ -39,8 +49,13 @@ def rebuild(library_path, feature, kind, as_json):
 @index.command(name="eval")
 @library_option
 @feature_option()
-@click.option("--sample", type=click.IntRange(1), default=1000, show_default=True,
-              help="How many stored vectors to use as queries.")
+@click.option(
+    "--sample",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="How many stored vectors to use as queries.",
+)
 @click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True)
 @json_option
 def evaluate(library_path, feature, sample, k, as_json):

@@ -22,15 +22,34 @@ from vitdex.cli.common import (
 @library_option
 @model_options
 @feature_option()
-@click.option("--batch-size", type=click.IntRange(1), default=None,
-              help="Images per model forward (default: 16 on CPU, 64 on a GPU).")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Decode threads (default: a split of the CPU cores with the model).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Images per model forward (default: 16 on CPU, 64 on a GPU).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Decode threads (default: a split of the CPU cores with the model).",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
 @click.option("--wait", is_flag=True, help="Wait for another running ingest instead of failing.")
 @json_option
-def ingest(paths, library_path, model, device, runtime, feature, batch_size, workers, dry_run, wait,
-           as_json):
+def ingest(
+    paths,
+    library_path,
+    model,
+    device,
+    runtime,
+    feature,
+    batch_size,
+    workers,
+    dry_run,
+    wait,
+    as_json,
+):
     """Add, update, move and remove the images below PATHS.
 
     Incremental: unchanged files are not opened again, moved files keep their vectors, deleted
@@ -44,9 +63,16 @@ def ingest(paths, library_path, model, device, runtime, feature, batch_size, wor
         embedded = stack.enter_context(stderr_progress("embedding", "img"))
         bars = {"found": found, "embedded": embedded}
         report = run_ingest(
-            library, paths, model=model, device=device, runtime=runtime, batch_size=batch_size,
+            library,
+            paths,
+            model=model,
+            device=device,
+            runtime=runtime,
+            batch_size=batch_size,
             workers=workers,
-            dry_run=dry_run, wait=wait, index_features=(feature,),
+            dry_run=dry_run,
+            wait=wait,
+            index_features=(feature,),
             progress=lambda event, n: bars[event].update(n),
         )
     data = report.to_dict()
@@ -55,8 +81,10 @@ def ingest(paths, library_path, model, device, runtime, feature, batch_size, wor
         return
     verb = "would be " if dry_run else ""
     click.echo(
-        ", ".join(f"{data[key]} {verb}{key}" for key in
-                  ("added", "updated", "moved", "unchanged", "removed"))
+        ", ".join(
+            f"{data[key]} {verb}{key}"
+            for key in ("added", "updated", "moved", "unchanged", "removed")
+        )
         + f", {len(report.failed)} failed"
     )
     for failure in report.failed:
@@ -68,17 +96,35 @@ def ingest(paths, library_path, model, device, runtime, feature, batch_size, wor
 @library_option
 @model_options
 @feature_option()
-@click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True,
-              help="How many results.")
+@click.option(
+    "-k", "k", type=click.IntRange(1), default=10, show_default=True, help="How many results."
+)
 @click.option("--min-score", type=float, default=None, help="Only results with cosine ≥ this.")
-@click.option("--under", type=click.Path(file_okay=False), default=None,
-              help="Only images below this folder.")
-@click.option("--probe", "probe_name", default=None,
-              help="With --label: only images this probe labelled L (`probe predict NAME --all`).")
+@click.option(
+    "--under", type=click.Path(file_okay=False), default=None, help="Only images below this folder."
+)
+@click.option(
+    "--probe",
+    "probe_name",
+    default=None,
+    help="With --label: only images this probe labelled L (`probe predict NAME --all`).",
+)
 @click.option("--label", default=None, help="The label --probe must have given.")
 @json_option
-def search(image, library_path, model, device, runtime, feature, k, min_score, under, probe_name,
-           label, as_json):
+def search(
+    image,
+    library_path,
+    model,
+    device,
+    runtime,
+    feature,
+    k,
+    min_score,
+    under,
+    probe_name,
+    label,
+    as_json,
+):
     """Images that look like IMAGE, most similar first (cosine similarity).
 
     IMAGE may be in the library (its stored vector is used and it is left out of the results)
@@ -94,8 +140,18 @@ def search(image, library_path, model, device, runtime, feature, k, min_score, u
             from vitdex.probes.store import ids_predicted_as
 
             allowed_ids = ids_predicted_as(library, probe_name, label)
-        data = run_search(library, image, k=k, feature=feature, min_score=min_score, under=under,
-                          allowed_ids=allowed_ids, model=model, device=device, runtime=runtime)
+        data = run_search(
+            library,
+            image,
+            k=k,
+            feature=feature,
+            min_score=min_score,
+            under=under,
+            allowed_ids=allowed_ids,
+            model=model,
+            device=device,
+            runtime=runtime,
+        )
     if as_json:
         emit_json(data)
         return

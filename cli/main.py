@@ -22,7 +22,9 @@ def main(verbose: int) -> None:
     Start with `vitdex ingest FOLDER`, then `vitdex search IMAGE`.
     """
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _register() -> None:
@@ -34,8 +36,13 @@ def _register() -> None:
         serve_commands,
     )
 
-    for command in (*library_commands.COMMANDS, index_commands.index, *dupes_commands.COMMANDS,
-                    serve_commands.serve, *probe_commands.COMMANDS):
+    for command in (
+        *library_commands.COMMANDS,
+        index_commands.index,
+        *dupes_commands.COMMANDS,
+        serve_commands.serve,
+        *probe_commands.COMMANDS,
+    ):
         main.add_command(command)
 
 

@@ -31,22 +31,51 @@ def _examples(labels_csv: str | None, folders_root: str | None):
 
 @probe.command()
 @click.argument("name")
-@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False),
-              help="CSV with a `path,label` header; relative paths are relative to the CSV.")
-@click.option("--folders", "folders_root", type=click.Path(file_okay=False),
-              help="Folder whose subfolders are the labels (ROOT/LABEL/IMAGE).")
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=click.Path(dir_okay=False),
+    help="CSV with a `path,label` header; relative paths are relative to the CSV.",
+)
+@click.option(
+    "--folders",
+    "folders_root",
+    type=click.Path(file_okay=False),
+    help="Folder whose subfolders are the labels (ROOT/LABEL/IMAGE).",
+)
 @library_option
 @model_options
 @feature_option()
-@click.option("--test", "test_csv", type=click.Path(dir_okay=False),
-              help="Independent `path,label` CSV to score the probe on.")
-@click.option("--cv", type=click.IntRange(2), default=None,
-              help="Also estimate accuracy by stratified K-fold cross-validation.")
+@click.option(
+    "--test",
+    "test_csv",
+    type=click.Path(dir_okay=False),
+    help="Independent `path,label` CSV to score the probe on.",
+)
+@click.option(
+    "--cv",
+    type=click.IntRange(2),
+    default=None,
+    help="Also estimate accuracy by stratified K-fold cross-validation.",
+)
 @click.option("--balanced", is_flag=True, help="Weight classes inversely to their frequency.")
 @click.option("--replace", is_flag=True, help="Replace an existing probe of this name.")
 @json_option
-def train(name, labels_csv, folders_root, library_path, model, device, runtime, feature, test_csv,
-          cv, balanced, replace, as_json):
+def train(
+    name,
+    labels_csv,
+    folders_root,
+    library_path,
+    model,
+    device,
+    runtime,
+    feature,
+    test_csv,
+    cv,
+    balanced,
+    replace,
+    as_json,
+):
     """Train probe NAME from labelled images (logistic regression, L2 tuned on a held-out split).
 
     Labelled images not in the library yet are ingested first; missing or unreadable files are
@@ -60,21 +89,35 @@ def train(name, labels_csv, folders_root, library_path, model, device, runtime, 
     examples = _examples(labels_csv, folders_root)
     test_examples = read_csv_labels(test_csv) if test_csv else None
     with open_library(library_path, create=True) as library:
-        data = train_probe(library, name, examples, feature=feature, test_examples=test_examples,
-                           cv=cv, balanced=balanced, replace=replace, model=model, device=device,
-                           runtime=runtime)
+        data = train_probe(
+            library,
+            name,
+            examples,
+            feature=feature,
+            test_examples=test_examples,
+            cv=cv,
+            balanced=balanced,
+            replace=replace,
+            model=model,
+            device=device,
+            runtime=runtime,
+        )
     if as_json:  # skipped rows were logged as warnings on stderr as they were found
         emit_json(data)
         return
-    click.echo(f"probe {name}: {len(data['classes'])} labels ({', '.join(data['classes'])}),"
-               f" feature {feature}, {data['metrics']['examples']} images"
-               f" ({len(data['skipped'])} skipped, {data['ingested']} newly ingested)")
+    click.echo(
+        f"probe {name}: {len(data['classes'])} labels ({', '.join(data['classes'])}),"
+        f" feature {feature}, {data['metrics']['examples']} images"
+        f" ({len(data['skipped'])} skipped, {data['ingested']} newly ingested)"
+    )
     _echo_metrics(data["metrics"], data["classes"])
 
 
 def _echo_report(title: str, report: dict, classes: list[str]) -> None:
-    line = (f"{title} ({report['n']} images): accuracy {report['accuracy']:.3f},"
-            f" balanced accuracy {report['balanced_accuracy']:.3f}")
+    line = (
+        f"{title} ({report['n']} images): accuracy {report['accuracy']:.3f},"
+        f" balanced accuracy {report['balanced_accuracy']:.3f}"
+    )
     if "top5_accuracy" in report:
         line += f", top-5 {report['top5_accuracy']:.3f}"
     click.echo(line)
@@ -82,8 +125,10 @@ def _echo_report(title: str, report: dict, classes: list[str]) -> None:
     click.echo(f"  {'label':<{width}}  precision  recall     f1  support")
     for label in classes:
         row = report["per_class"][label]
-        click.echo(f"  {label:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}"
-                   f"  {row['f1']:5.3f}  {row['support']:7d}")
+        click.echo(
+            f"  {label:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}"
+            f"  {row['f1']:5.3f}  {row['support']:7d}"
+        )
     click.echo("  confusion (rows: true label, columns: predicted, in the order above)")
     for label, counts in zip(classes, report["confusion"], strict=True):
         click.echo(f"  {label:<{width}}  " + " ".join(f"{c:5d}" for c in counts))
@@ -91,17 +136,23 @@ def _echo_report(title: str, report: dict, classes: list[str]) -> None:
 
 def _echo_metrics(metrics: dict, classes: list[str]) -> None:
     reg = metrics["regularization"]
-    tried = ", ".join(f"{row['C']:g}: {row['val_' + reg['selected_by']]:.3f}"
-                      for row in reg["sweep"])
-    click.echo(f"C {reg['C']:g} (l2 {reg['l2']:.2g}), chosen by validation {reg['selected_by']}"
-               f" on an inner split; sweep {tried}")
+    tried = ", ".join(
+        f"{row['C']:g}: {row['val_' + reg['selected_by']]:.3f}" for row in reg["sweep"]
+    )
+    click.echo(
+        f"C {reg['C']:g} (l2 {reg['l2']:.2g}), chosen by validation {reg['selected_by']}"
+        f" on an inner split; sweep {tried}"
+    )
     _echo_report("validation", metrics["validation"], classes)
     if "test" in metrics:
         _echo_report("test", metrics["test"], classes)
     if "cv" in metrics:
         cv = metrics["cv"]
-        _echo_report(f"{cv['folds']}-fold cross-validation, accuracy std {cv['accuracy_std']:.3f},",
-                     cv, classes)
+        _echo_report(
+            f"{cv['folds']}-fold cross-validation, accuracy std {cv['accuracy_std']:.3f},",
+            cv,
+            classes,
+        )
     click.echo(f"trained in {metrics['train_seconds']:.2f}s")
 
 
@@ -122,9 +173,11 @@ def list_command(library_path, as_json):
     for row in probes:
         accuracy = row["val_accuracy"]
         usable = "" if row["matches_library_spec"] else "  (other spec: unusable here)"
-        click.echo(f"{row['name']}  {len(row['classes'])} labels  {row['feature']}"
-                   f"  val accuracy {accuracy:.3f}  {row['stored_predictions']} stored predictions"
-                   f"  {row['created_at'][:19]}{usable}")
+        click.echo(
+            f"{row['name']}  {len(row['classes'])} labels  {row['feature']}"
+            f"  val accuracy {accuracy:.3f}  {row['stored_predictions']} stored predictions"
+            f"  {row['created_at'][:19]}{usable}"
+        )
 
 
 @probe.command()
@@ -142,10 +195,14 @@ def show(name, library_path, as_json):
     if as_json:
         emit_json(data)
         return
-    click.echo(f"probe {name}: {len(data['classes'])} labels ({', '.join(data['classes'])}),"
-               f" feature {data['feature']}, created {data['created_at'][:19]}")
-    click.echo(f"spec {data['spec_key']}"
-               + ("" if data["matches_library_spec"] else " (not this library's: unusable here)"))
+    click.echo(
+        f"probe {name}: {len(data['classes'])} labels ({', '.join(data['classes'])}),"
+        f" feature {data['feature']}, created {data['created_at'][:19]}"
+    )
+    click.echo(
+        f"spec {data['spec_key']}"
+        + ("" if data["matches_library_spec"] else " (not this library's: unusable here)")
+    )
     click.echo(f"stored predictions {data['stored_predictions']}")
     _echo_metrics(saved.metrics, saved.classes)
 
@@ -169,10 +226,19 @@ def delete(name, library_path, as_json):
 @probe.command()
 @click.argument("name")
 @click.argument("images", nargs=-1, type=click.Path())
-@click.option("--all", "all_images", is_flag=True,
-              help="Label every image in the library and store the labels (for search --label).")
-@click.option("--top", type=click.IntRange(1), default=3, show_default=True,
-              help="How many labels to list per image, most probable first.")
+@click.option(
+    "--all",
+    "all_images",
+    is_flag=True,
+    help="Label every image in the library and store the labels (for search --label).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="How many labels to list per image, most probable first.",
+)
 @library_option
 @model_options
 @json_option
@@ -190,14 +256,17 @@ def predict(name, images, all_images, top, library_path, model, device, runtime,
             with stderr_progress("labelling", "img") as bar:
                 data = predict_all(library, name, top=top, progress=bar.update)
         else:
-            data = predict_paths(library, name, images, top=top, model=model, device=device,
-                                 runtime=runtime)
+            data = predict_paths(
+                library, name, images, top=top, model=model, device=device, runtime=runtime
+            )
     if as_json:
         emit_json(data)
         return
     if all_images:
-        click.echo(f"stored {data['stored']} predictions of probe {name}: "
-                   + ", ".join(f"{label} {n}" for label, n in data["counts"].items()))
+        click.echo(
+            f"stored {data['stored']} predictions of probe {name}: "
+            + ", ".join(f"{label} {n}" for label, n in data["counts"].items())
+        )
         return
     for row in data["predictions"]:
         ranked = "  ".join(f"{t['label']} {t['score']:.3f}" for t in row["top"])

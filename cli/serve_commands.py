@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import click
+
 from vitdex.cli.common import feature_option, library_option, open_library
 
 
 @click.command()
 @library_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind; only this machine can connect unless you name another.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind; only this machine can connect unless you name another.",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @feature_option()
 def serve(library_path, host, port, feature):
     """Browse the library in a web browser: thumbnails, neighbours, query by image (read-only)."""
     import uvicorn
+
     from vitdex.library.search import check_feature
     from vitdex.web import LOOPBACK_HOSTS, create_app
 
@@ -24,6 +30,7 @@ def serve(library_path, host, port, feature):
         hosts = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else None
         app = create_app(library, feature=feature, allowed_hosts=hosts)
         shown = f"[{host}]" if ":" in host else host
-        click.echo(f"vitdex gallery of {library.folder}: http://{shown}:{port}/ (Ctrl-C stops)",
-                   err=True)
+        click.echo(
+            f"vitdex gallery of {library.folder}: http://{shown}:{port}/ (Ctrl-C stops)", err=True
+        )
         uvicorn.run(app, host=host, port=port, log_level="warning")

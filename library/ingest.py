@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PLAN_CHUNK = 256
 HASH_WORKERS = min(8, os.cpu_count() or 1)
-MAX_QUEUED_ACTIONS = 2048  # cheap changes (moves, links, failures) are committed at least this often
+MAX_QUEUED_ACTIONS = 2048  # cheap changes (moves, links, failures) commit at least this often
 Progress = Callable[[str, int], None]
 
 
@@ -147,7 +147,9 @@ class _Planner:
             failures = {
                 row.path: row
                 for row in session.execute(
-                    select(Failure.path, Failure.size, Failure.mtime_ns).where(Failure.path.in_(paths))
+                    select(Failure.path, Failure.size, Failure.mtime_ns).where(
+                        Failure.path.in_(paths)
+                    )
                 )
             }
         candidates = []
@@ -207,7 +209,8 @@ class _Planner:
                     session.scalars(select(Content.sha256).where(Content.sha256.in_(part)))
                 )
                 rows = session.execute(
-                    select(Image.id, Image.path, Content.sha256).join(Content)
+                    select(Image.id, Image.path, Content.sha256)
+                    .join(Content)
                     .where(Content.sha256.in_(part))
                 )
                 for row in rows:
@@ -241,42 +244,64 @@ class _Writer:
         self.spec_id = spec_id
         self.deferred: list[tuple] = []  # links to contents still being embedded
 
-    def commit(self, actions: deque[tuple], results: list[EmbedResult], report: IngestReport) -> None:
+    def commit(
+        self, actions: deque[tuple], results: list[EmbedResult], report: IngestReport
+    ) -> None:
         now = datetime.now(UTC)
         with self.library.sessions.begin() as session:
             generation = self.library.next_generation(session)
+            embedded = []
             for result in results:
                 job: EmbedJob = result.item
                 if result.error is not None:
-                    self._record_failure(session, job.path, job.size, job.mtime_ns, result.error, now)
+                    self._record_failure(
+                        session, job.path, job.size, job.mtime_ns, result.error, now
+                    )
                     report.failed.append({"path": job.path, "error": result.error})
                     report.added -= job.image_id is None
                     report.updated -= job.image_id is not None
                     continue
-                info = result.info
-                content_id = session.execute(
-                    insert(Content).values(
-                        sha256=job.sha256,
-                        width=info.width,
-                        height=info.height,
-                        format=info.format,
-                        taken_at=info.taken_at,
-                        camera_make=info.camera_make,
-                        camera_model=info.camera_model,
-                    )
-                ).inserted_primary_key[0]
-                session.execute(
-                    insert(Vector),
-                    [
-                        {"content_id": content_id, "spec_id": self.spec_id, "feature": name,
-                         "data": to_blob(vector)}
-                        for name, vector in result.vectors.items()
-                    ],
-                )
-                self._set_image(session, job.image_id, job.path, job.size, job.mtime_ns,
-                                content_id, generation, now)
+                embedded.append(result)
+            if embedded:
+                self._store_embedded(session, embedded, generation, now)
             while actions:
                 self._apply(session, actions.popleft(), generation, now)
+
+    def _store_embedded(self, session, results: list[EmbedResult], generation: int, now) -> None:
+        """A batch's contents, vectors and images: one bulk statement each (executemany).
+
+        SQLAlchemy sends the contents as one multi-row INSERT .. RETURNING ("insertmanyvalues");
+        ids are matched back by sha256, which is unique, so row order does not matter.
+        """
+        rows = [
+            {"sha256": r.item.sha256, "width": r.info.width, "height": r.info.height,
+             "format": r.info.format, "taken_at": r.info.taken_at,
+             "camera_make": r.info.camera_make, "camera_model": r.info.camera_model}
+            for r in results
+        ]  # fmt: skip
+        inserted = session.execute(insert(Content).returning(Content.id, Content.sha256), rows)
+        content_ids = {row.sha256: row.id for row in inserted}
+        session.execute(
+            insert(Vector),
+            [
+                {"content_id": content_ids[r.item.sha256], "spec_id": self.spec_id,
+                 "feature": name, "data": to_blob(vector)}
+                for r in results
+                for name, vector in r.vectors.items()
+            ],
+        )  # fmt: skip
+        new_images = []
+        for r in results:
+            job: EmbedJob = r.item
+            values = {"path": job.path, "size": job.size, "mtime_ns": job.mtime_ns,
+                      "content_id": content_ids[job.sha256], "generation": generation}  # fmt: skip
+            if job.image_id is None:
+                new_images.append({"added_at": now, **values})
+            else:  # a changed file keeps its image id: rare, one UPDATE each
+                session.execute(update(Image).where(Image.id == job.image_id).values(**values))
+        if new_images:
+            session.execute(insert(Image), new_images)
+        session.execute(delete(Failure).where(Failure.path.in_([r.item.path for r in results])))
 
     def finish(self) -> None:
         """Apply links whose content was embedded later in the run."""
@@ -288,11 +313,15 @@ class _Writer:
         kind, *args = action
         if kind == "touch":
             image_id, size, mtime_ns = args
-            session.execute(update(Image).where(Image.id == image_id).values(size=size, mtime_ns=mtime_ns))
+            session.execute(
+                update(Image).where(Image.id == image_id).values(size=size, mtime_ns=mtime_ns)
+            )
         elif kind == "move":
             image_id, path, size, mtime_ns = args
             session.execute(
-                update(Image).where(Image.id == image_id).values(path=path, size=size, mtime_ns=mtime_ns)
+                update(Image)
+                .where(Image.id == image_id)
+                .values(path=path, size=size, mtime_ns=mtime_ns)
             )
             session.execute(delete(Failure).where(Failure.path == path))
         elif kind == "link":
@@ -308,8 +337,13 @@ class _Writer:
 
     @staticmethod
     def _set_image(session, image_id, path, size, mtime_ns, content_id, generation, now) -> None:
-        values = {"path": path, "size": size, "mtime_ns": mtime_ns, "content_id": content_id,
-                  "generation": generation}
+        values = {
+            "path": path,
+            "size": size,
+            "mtime_ns": mtime_ns,
+            "content_id": content_id,
+            "generation": generation,
+        }
         if image_id is None:
             session.execute(insert(Image).values(added_at=now, **values))
         else:
@@ -371,8 +405,10 @@ def ingest(
             for feature in index_features:
                 embedder.check_feature(feature)
             results = embedder.embed_files(
-                _chain_first(first, jobs), lambda job: Path(job.path),
-                batch_size=batch_size, workers=workers,
+                _chain_first(first, jobs),
+                lambda job: Path(job.path),
+                batch_size=batch_size,
+                workers=workers,
             )
             for batch in batched(results, commit_every):
                 writer.commit(planner.actions, list(batch), report)
@@ -397,7 +433,9 @@ def _vanished_images(library: Library, roots: list[Path]) -> Iterator[int]:
         while True:
             with library.sessions() as session:
                 rows = session.execute(
-                    select(Image.id, Image.path).where(clause, Image.id > last).order_by(Image.id)
+                    select(Image.id, Image.path)
+                    .where(clause, Image.id > last)
+                    .order_by(Image.id)
                     .limit(1000)
                 ).all()
             if not rows:
@@ -420,10 +458,15 @@ def _remove_vanished(library: Library, roots: list[Path]) -> int:
         session.execute(delete(Content).where(~Content.id.in_(select(Image.content_id))))
         for root in roots:
             gone = [
-                path for path in session.scalars(
-                    select(Failure.path).where(under_clause(Failure.path, root)
-                                               if root.is_dir() else Failure.path == str(root))
-                ) if not os.path.lexists(path)
+                path
+                for path in session.scalars(
+                    select(Failure.path).where(
+                        under_clause(Failure.path, root)
+                        if root.is_dir()
+                        else Failure.path == str(root)
+                    )
+                )
+                if not os.path.lexists(path)
             ]
             if gone:
                 session.execute(delete(Failure).where(Failure.path.in_(gone)))

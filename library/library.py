@@ -96,10 +96,11 @@ class Library:
             )
         if row.key != spec.key:
             raise SpecMismatchError(
-                f"library {self.folder} holds vectors of {row.model_id} (revision {row.revision},"
-                f" spec {row.key}), not of {spec.model_id} (revision {spec.revision}, spec {spec.key});"
-                " vectors of two specs never mix. Start a new library for this model with"
-                " `--library NEW_FOLDER` (or VITDEX_LIBRARY), or drop --model to use the library's own."
+                f"library {self.folder} holds vectors of {row.model_id} (revision"
+                f" {row.revision}, spec {row.key}), not of {spec.model_id} (revision"
+                f" {spec.revision}, spec {spec.key}); vectors of two specs never mix. Start a new"
+                " library for this model with `--library NEW_FOLDER` (or VITDEX_LIBRARY), or drop"
+                " --model to use the library's own."
             )
         return row
 

@@ -31,14 +31,21 @@ def check_feature(library: Library, feature: str) -> None:
             f"feature 'pooler' is not available: {spec.model_id} has no trained pooler weights"
             " (it is a classification checkpoint, so its pooler would be random); use cls or mean"
         )
-    raise FeatureError(f"unknown feature {feature!r}; this library stores {', '.join(spec.features)}")
+    raise FeatureError(
+        f"unknown feature {feature!r}; this library stores {', '.join(spec.features)}"
+    )
 
 
 def query_vector(
-    library: Library, query: str | Path, feature: str, *, model: str | None = None,
-    device: str = "auto", runtime: str | None = None,
+    library: Library,
+    query: str | Path,
+    feature: str,
+    *,
+    model: str | None = None,
+    device: str = "auto",
+    runtime: str | None = None,
 ) -> tuple[np.ndarray, int | None]:
-    """The query's vector and its image id: stored when the file is in the library, else embedded."""
+    """The query's vector and image id: stored when the file is in the library, else embedded."""
     path = Path(query).expanduser().absolute()
     spec = library.require_spec()
     with library.sessions() as session:
@@ -103,9 +110,12 @@ def search(
     results: list[dict] = []
     index = library.index(feature)
     if index.ntotal and (allowed_ids is None or len(allowed_ids)):
-        scores, ids = index.search(vector[None, :], min(fetch, index.ntotal), allowed_ids=allowed_ids)
+        scores, ids = index.search(
+            vector[None, :], min(fetch, index.ntotal), allowed_ids=allowed_ids
+        )
         hits = [
-            (int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
+            (int(i), float(s))
+            for i, s in zip(ids[0], scores[0], strict=True)
             if i >= 0 and i != self_id and (min_score is None or s >= min_score)
         ][:k]
         paths = paths_of(library, [i for i, _ in hits])

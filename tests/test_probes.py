@@ -8,7 +8,7 @@ import pytest
 
 from vitdex.probes.errors import LabelError
 from vitdex.probes.labels import read_csv_labels, read_folder_labels
-from vitdex.probes.logreg import C_GRID, VALIDATION_FRACTION, fit, tune
+from vitdex.probes.logreg import C_GRID, VALIDATION_FRACTION, fit, lbfgs, tune
 from vitdex.probes.metrics import classification_report
 from vitdex.probes.split import check_splittable, stratified_folds, stratified_split
 
@@ -97,6 +97,34 @@ def test_fit_minimises_scikit_learns_objective(balanced):
     reference = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=10_000,
                                    class_weight="balanced" if balanced else None).fit(x, y)
     assert np.abs(model.proba(x) - reference.predict_proba(x)).max() < 3e-3
+
+
+def test_fit_with_fewer_examples_than_dimensions():
+    """The preconditioner's covariance is singular here; the solution is still scikit-learn's."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = gaussian_classes(60, 200, 3, spread=0.5, seed=6)
+    l2 = 1e-2
+    model, _ = fit(x, y, 3, l2, loss_tolerance=1e-9)
+    reference = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=10_000).fit(x, y)
+    assert np.abs(model.proba(x) - reference.predict_proba(x)).max() < 3e-3
+
+
+def test_lbfgs_minimises_an_ill_conditioned_quadratic():
+    import torch
+
+    curvature = torch.logspace(-2, 1, 500)  # condition number 1000
+    target = torch.linspace(-1, 1, 500)
+
+    def loss_and_gradient(theta):
+        delta = theta - target
+        return float(0.5 * (curvature * delta * delta).sum()), curvature * delta
+
+    theta, iterations, evaluations = lbfgs(
+        loss_and_gradient, torch.zeros(500), first_scale=1.0, max_iter=500, grad_tolerance=1e-6,
+        loss_tolerance=0.0)
+    assert float((curvature * (theta - target)).abs().max()) <= 1e-6
+    assert iterations < 500 and evaluations < 1.2 * iterations + 5  # mostly one per iteration
 
 
 def test_warm_start_reaches_the_same_solution():
