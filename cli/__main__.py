@@ -1,2 +1,3 @@
 from vitdex.cli.main import main
+
 main()
