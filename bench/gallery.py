@@ -57,6 +57,7 @@ def build(folder: Path, n: int) -> Path:
 def warm_thumbnails(library) -> tuple[int, float]:
     """Render every missing thumbnail through the app's cache; (rendered, seconds)."""
     from sqlalchemy import select
+
     from vitdex.storage import Content, Image
     from vitdex.web import thumbs
 
@@ -98,6 +99,7 @@ def main() -> None:
     from starlette.applications import Starlette
     from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
+
     from vitdex.library import Library
     from vitdex.web import create_app, running
     from vitdex.web.app import PAGE_SIZE

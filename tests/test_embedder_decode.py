@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+
+from tests.photos import make_photo, photo_array
 from vitdex.embedder import DecodeError, ImageInfo, decode_image, sniff_image_format
 from vitdex.embedder.decode import IMAGE_SUFFIXES, to_rgb
 from vitdex.library.errors import VitdexError
-
-from tests.photos import make_photo, photo_array
 
 
 def _png_claiming(path: Path, width: int, height: int) -> Path:

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.photos import make_photo
 from vitdex.embedder import (
     Embedder,
     EmbeddingSpec,
@@ -20,8 +22,6 @@ from vitdex.embedder import (
     ModelLoadError,
 )
 from vitdex.library.errors import VitdexError
-
-from tests.photos import make_photo
 
 REPO = Path(__file__).resolve().parents[1]
 

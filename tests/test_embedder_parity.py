@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps, features
-from vitdex.embedder import Embedder
 
 from tests.photos import make_photo, photo_array
+from vitdex.embedder import Embedder
 
 MIN_COSINE = 0.999
 
@@ -137,6 +137,7 @@ def test_fast_preprocessing_matches_processor_exactly(tiny_model, parity_images,
 def test_draft_pixels_close_at_vit_base_size(big_photo):
     """At the default model's 224 input, draft decoding moves pixel values only slightly."""
     from transformers import ViTImageProcessorPil
+
     from vitdex.embedder import decode_image
     from vitdex.embedder.preprocess import Preprocessor
 

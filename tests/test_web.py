@@ -15,12 +15,12 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import delete, select
 from starlette.testclient import TestClient
+
+from tests.photos import make_photo
 from vitdex.library import Library
 from vitdex.storage import Content, Image, Prediction, Probe
 from vitdex.web import app as web_app
 from vitdex.web import create_app, running
-
-from tests.photos import make_photo
 
 ORIENTATION = 0x0112
 

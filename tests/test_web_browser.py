@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from vitdex.library import Library
-from vitdex.web import create_app, running
 
 from tests.photos import make_photo
 from tests.test_web import build_library
+from vitdex.library import Library
+from vitdex.web import create_app, running
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

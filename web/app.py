@@ -26,6 +26,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+
 from vitdex.embedder import DecodeError
 from vitdex.library import Library
 from vitdex.library.errors import VitdexError
