@@ -40,7 +40,7 @@ KEEP_RULE = (
 # away. Measured in docs/dupes.md: edited copies sit at <= 0.0005, distinct photos at >= 0.14.
 RELATIVE_RADIUS = 0.05
 CALIBRATION_SAMPLE = 1000  # contents sampled for the median pair distance (~500k pairs)
-MIN_CALIBRATION = 8  # fewer contents than this: assume a typical distance of 1 (orthogonal)
+MIN_CALIBRATION = 3  # fewer contents than this: assume a typical distance of 1 (orthogonal)
 GRAPH_BATCH = 16_384  # queries per FAISS call; larger batches amortise the id filter
 ID_CHUNK = 5000  # ids per SQL IN (...) list
 

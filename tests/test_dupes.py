@@ -162,3 +162,18 @@ def test_empty_library(tmp_path):
     data = json.loads(run("dupes", "--library", tmp_path / "lib", "--json"))
     assert data["groups"] == []
     assert run("dupes", "--library", tmp_path / "lib") == "no duplicates\n"
+
+
+def test_small_library_of_distinct_photos_has_no_near_group(tiny_model, tmp_path):
+    """Seven photos and one re-encoded copy: the threshold comes from the library's own scores."""
+    photos = tmp_path / "few"
+    for seed in range(6):
+        make_photo(photos / f"p{seed}.jpg", (320, 240), seed=seed)
+    make_photo(photos / "p3-small.jpg", (320, 240), seed=3, quality=60)
+    lib = tmp_path / "few-lib"
+    with Library.open(lib, create=True) as library:
+        library.ingest([photos], model=str(tiny_model))
+        groups = find_duplicates(library)["groups"]
+    assert [sorted(Path(m["path"]).name for m in g["members"]) for g in groups] == [
+        ["p3-small.jpg", "p3.jpg"]
+    ]
