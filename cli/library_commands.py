@@ -181,6 +181,9 @@ def status(library_path, as_json):
         if entry["file"] is None:
             click.echo(f"index     {feature}: not built yet (built by the next ingest or search)")
             continue
+        if "error" in entry:
+            click.echo(f"index     {feature}: {entry['error']}")
+            continue
         state = "up to date" if entry["up_to_date"] else "behind the database (catches up on use)"
         click.echo(
             f"index     {feature}: {entry['kind']}, {entry['vectors']} vectors,"

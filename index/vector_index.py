@@ -583,6 +583,24 @@ class VectorIndex:
         return cls(index, kind, dim, params)
 
 
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON header of a file written by `VectorIndex.save` (kind, dim, ntotal, params),
+    read without the FAISS payload, so reporting on a large index stays cheap."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_MAGIC) + 4)
+            if len(head) < len(_MAGIC) + 4 or head[: len(_MAGIC)] != _MAGIC:
+                raise IndexFileError(f"corrupt index file {path}: not a vitdex index")
+            (hlen,) = struct.unpack_from("<I", head, len(_MAGIC))
+            header = json.loads(f.read(hlen))
+    except FileNotFoundError:
+        raise IndexFileError(f"index file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise IndexFileError(f"cannot read index file {path}: {e}") from e
+    return header
+
+
 def _check_file(data: bytes) -> str | None:
     """Why `data` is not a complete index file, or None."""
     if len(data) < len(_MAGIC) + 4 + _TRAILER.size or not data.startswith(_MAGIC):

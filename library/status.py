@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
+from vitdex.index.errors import IndexFileError
 from vitdex.index.sync import index_files, preferred_kind
+from vitdex.index.vector_index import read_header
 from vitdex.storage import SCHEMA_VERSION, Content, Image
 
 if TYPE_CHECKING:
@@ -26,17 +28,19 @@ def status(library: Library) -> dict:
         entry: dict = {"preferred": preferred_kind(library, feature), "file": None}
         if files:
             file_generation, path = files[0]
-            from vitdex.index.vector_index import VectorIndex
-
-            index = VectorIndex.load(path)
-            entry.update(
-                file=str(path),
-                kind=index.kind,
-                vectors=index.ntotal,
-                bytes=path.stat().st_size,
-                params=index.params,
-                up_to_date=file_generation == generation and index.ntotal == images,
-            )
+            try:
+                header = read_header(path)
+            except IndexFileError as exc:
+                entry.update(file=str(path), error=f"{exc} (rebuilt from SQLite on next use)")
+            else:
+                entry.update(
+                    file=str(path),
+                    kind=header["kind"],
+                    vectors=header["ntotal"],
+                    bytes=path.stat().st_size,
+                    params=header["params"],
+                    up_to_date=file_generation == generation and header["ntotal"] == images,
+                )
         indexes[feature] = entry
     return {
         "library": str(library.folder),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -187,3 +190,21 @@ def test_pooler_only_with_trained_pooler_weights(
     }
     assert len(by_feature["pooler"]) == 3
     assert [h["score"] for h in by_feature["pooler"]] != [h["score"] for h in by_feature["cls"]]
+
+
+def test_status_reads_only_index_headers_and_survives_a_corrupt_file(library):
+    lib, photos = library
+    code = (
+        "import sys\n"
+        "from vitdex.library import Library\n"
+        f"data = Library.open({str(lib)!r}).status()\n"
+        "assert data['index']['cls']['vectors'] == 12, data\n"
+        "assert 'faiss' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with Library.open(lib) as library_:
+        ((_, path),) = index_files(library_, "cls")
+    path.write_bytes(b"not an index")
+    data = run("status", "--library", lib, "--json")
+    assert "corrupt" in data["index"]["cls"]["error"]
+    assert "corrupt" in run("status", "--library", lib)
