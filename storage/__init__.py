@@ -1,34 +1,45 @@
-"""SQLAlchemy 2 models and sessions of a library; SQLite is the source of truth, vectors too."""
+"""The data-access layer: the Store owns the database and every SQL statement of vitdex.
 
-from vitdex.storage.database import DATABASE_NAME, SCHEMA_VERSION, open_engine, session_factory
-from vitdex.storage.models import (
-    Base,
-    Content,
-    Failure,
-    Image,
-    Meta,
-    Prediction,
-    Probe,
-    Spec,
-    Vector,
+Other packages call the Store and its repositories (`store.images`, `store.vectors`,
+`store.probes`) with typed rows in and out; none of them builds a query.
+"""
+
+from vitdex.storage.database import DATABASE_NAME, SCHEMA_VERSION
+from vitdex.storage.errors import ReadOnlyLibraryError, StorageError
+from vitdex.storage.files import (
+    FileIdentity,
+    NotRegularFileError,
+    canonical,
+    display,
+    open_regular,
+    still_same,
 )
-from vitdex.storage.vectors import from_blob, stack_blobs, to_blob
+from vitdex.storage.images import FailedFile, NewContent, StoredImage, chunks
+from vitdex.storage.probes import StoredPrediction, StoredProbe
+from vitdex.storage.store import LibraryState, Store, StoredSpec
+from vitdex.storage.vectors import Changes, from_blob, to_blob
 
 __all__ = [
     "DATABASE_NAME",
     "SCHEMA_VERSION",
-    "Base",
-    "Content",
-    "Failure",
-    "Image",
-    "Meta",
-    "Prediction",
-    "Probe",
-    "Spec",
-    "Vector",
+    "Changes",
+    "FailedFile",
+    "FileIdentity",
+    "LibraryState",
+    "NewContent",
+    "NotRegularFileError",
+    "ReadOnlyLibraryError",
+    "StorageError",
+    "Store",
+    "StoredImage",
+    "StoredPrediction",
+    "StoredProbe",
+    "StoredSpec",
+    "canonical",
+    "chunks",
+    "display",
     "from_blob",
-    "open_engine",
-    "session_factory",
-    "stack_blobs",
+    "open_regular",
+    "still_same",
     "to_blob",
 ]

@@ -1,10 +1,14 @@
-"""Every table of a library, in one place. SQLite is the source of truth, vectors included."""
+"""Every table of a library, in one place. The database is the source of truth, vectors included.
+
+Paths are stored as raw OS bytes (see vitdex.storage.files), so names that are not UTF-8 are kept
+and `under` is a case-sensitive range on the path index.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -13,11 +17,21 @@ class Base(DeclarativeBase):
 
 
 class Meta(Base):
-    """Small key/value facts about the library (e.g. the vector generation counter)."""
+    """Small key/value facts: the library id, the generation, each feature's index kind."""
 
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String, primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class Generation(Base):
+    """One row per commit that changed vectors. Its random token tells an index file made from
+    this database's history apart from one made from another history that reached the same
+    number (a restored or re-created database)."""
+
+    __tablename__ = "generations"
+    generation: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    token: Mapped[str] = mapped_column(String(32))
 
 
 class Spec(Base):
@@ -59,28 +73,49 @@ class Vector(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class Folder(Base):
+    """A folder that holds images directly: the gallery's folder list without reading every path."""
+
+    __tablename__ = "folders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+
+
 class Image(Base):
-    """A path in the library. Its id is its FAISS id: a move keeps it, a change bumps generation."""
+    """A real file in the library. Its id is its FAISS id: a move keeps it, a change of content
+    re-tags it with the generation that set its new vectors."""
 
     __tablename__ = "images"
     # AUTOINCREMENT: a removed image's id (its FAISS id) is never handed to another image.
     __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
-    size: Mapped[int]
-    mtime_ns: Mapped[int]
+    path: Mapped[bytes] = mapped_column(LargeBinary, unique=True)  # canonical, raw OS bytes
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id"), index=True)
+    device: Mapped[int] = mapped_column(BigInteger)
+    inode: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
     content_id: Mapped[int] = mapped_column(ForeignKey("contents.id"), index=True)
     generation: Mapped[int] = mapped_column(index=True)
     added_at: Mapped[datetime]
+
+
+class Removal(Base):
+    """An image that left the library, and the generation that removed it: what an index file
+    written before that generation must drop when it catches up."""
+
+    __tablename__ = "removals"
+    image_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(index=True)
 
 
 class Failure(Base):
     """A file that could not be read, with why; retried only when it changes."""
 
     __tablename__ = "failures"
-    path: Mapped[str] = mapped_column(Text, primary_key=True)
-    size: Mapped[int]
-    mtime_ns: Mapped[int]
+    path: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
     error: Mapped[str] = mapped_column(Text)
     failed_at: Mapped[datetime]
 

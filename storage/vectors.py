@@ -1,8 +1,23 @@
-"""Vectors as SQLite blobs: raw little-endian float32, no pickle."""
+"""Vectors: raw little-endian float32 blobs (no pickle), read in pages straight into preallocated
+numpy arrays, so reading N vectors holds N vectors once, never a list of rows beside them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
+from sqlalchemy import func, insert, select
+
+from vitdex.storage.files import to_db
+from vitdex.storage.images import chunks
+from vitdex.storage.models import Image, Removal, Vector
+
+if TYPE_CHECKING:
+    from vitdex.storage.store import Store, StoredSpec
+
+PAGE = 20_000
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -16,8 +31,122 @@ def from_blob(blob: bytes, dim: int | None = None) -> np.ndarray:
     return vector
 
 
-def stack_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
-    """Many blobs into one (n, dim) float32 array without a Python loop over values."""
-    if not blobs:
-        return np.empty((0, dim), np.float32)
-    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What an index written at some generation must apply to be current."""
+
+    ids: np.ndarray  # images whose vectors were set after it: (re)add these
+    vectors: np.ndarray
+    removed: np.ndarray  # images removed after it
+
+
+class Vectors:
+    """The store's statements about vectors."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def add(self, spec: StoredSpec, rows: Sequence[tuple[int, dict[str, np.ndarray]]]) -> None:
+        """Vectors of new contents: (content id, {feature: vector}) pairs, one bulk INSERT."""
+        if not rows:
+            return
+        with self.store.transaction() as s:
+            s.execute(insert(Vector), [
+                {"content_id": content_id, "spec_id": spec.id, "feature": name,
+                 "data": to_blob(vector)}
+                for content_id, vectors in rows for name, vector in vectors.items()
+            ])  # fmt: skip
+
+    def of_images(
+        self, spec: StoredSpec, feature: str, *, after_generation: int | None = None,
+        under: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(image ids, vectors) of every image (or those set after a generation), by id."""
+        from vitdex.storage.images import _under
+
+        where = [Vector.spec_id == spec.id, Vector.feature == feature]
+        if after_generation is not None:
+            where.append(Image.generation > after_generation)
+        if under is not None:
+            where.append(_under(Image.path, under))
+        with self.store.snapshot() as s:
+            n = s.scalar(
+                select(func.count()).select_from(Image)
+                .join(Vector, Vector.content_id == Image.content_id).where(*where)
+            )  # fmt: skip
+            ids = np.empty(n, np.int64)
+            out = np.empty((n, spec.dim), np.float32)
+            filled, last = 0, 0
+            while filled < n:
+                rows = s.execute(
+                    select(Image.id, Vector.data)
+                    .join(Vector, Vector.content_id == Image.content_id)
+                    .where(*where, Image.id > last).order_by(Image.id).limit(PAGE)
+                ).all()  # fmt: skip
+                if not rows:
+                    break
+                end = filled + len(rows)
+                ids[filled:end] = [r[0] for r in rows]
+                out[filled:end] = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(
+                    len(rows), spec.dim
+                )
+                filled, last = end, rows[-1][0]
+        return ids[:filled], out[:filled]
+
+    def changes_since(self, spec: StoredSpec, feature: str, generation: int) -> Changes:
+        with self.store.snapshot() as s:
+            ids, vectors = self.of_images(spec, feature, after_generation=generation)
+            removed = np.fromiter(
+                s.scalars(select(Removal.image_id).where(Removal.generation > generation)),
+                np.int64,
+            )
+        return Changes(ids, vectors, removed)
+
+    def by_image_ids(
+        self, spec: StoredSpec, feature: str, ids: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        found: dict[int, np.ndarray] = {}
+        with self.store.snapshot() as s:
+            for part in chunks(int(i) for i in ids):
+                rows = s.execute(
+                    select(Image.id, Vector.data)
+                    .join(Vector, Vector.content_id == Image.content_id)
+                    .where(Image.id.in_(part), Vector.spec_id == spec.id, Vector.feature == feature)
+                )  # fmt: skip
+                found.update((r[0], from_blob(r[1], spec.dim)) for r in rows)
+        return found
+
+    def by_paths(
+        self, spec: StoredSpec, feature: str, paths: Sequence[str]
+    ) -> dict[str, tuple[int, np.ndarray]]:
+        """path -> (image id, vector) for the paths the library holds."""
+        from vitdex.storage.files import from_db
+
+        found: dict[str, tuple[int, np.ndarray]] = {}
+        with self.store.snapshot() as s:
+            for part in chunks(paths):
+                rows = s.execute(
+                    select(Image.path, Image.id, Vector.data)
+                    .join(Vector, Vector.content_id == Image.content_id)
+                    .where(Image.path.in_([to_db(p) for p in part]), Vector.spec_id == spec.id,
+                           Vector.feature == feature)
+                )  # fmt: skip
+                found.update((from_db(r[0]), (r[1], from_blob(r[2], spec.dim))) for r in rows)
+        return found
+
+    def of_contents(self, spec: StoredSpec, feature: str, content_ids: np.ndarray) -> np.ndarray:
+        """Vectors of these contents, in the given order."""
+        out = np.empty((len(content_ids), spec.dim), np.float32)
+        position = {int(c): i for i, c in enumerate(content_ids)}
+        with self.store.snapshot() as s:
+            for part in chunks(position, 5000):
+                rows = s.execute(
+                    select(Vector.content_id, Vector.data).where(
+                        Vector.content_id.in_(part), Vector.spec_id == spec.id,
+                        Vector.feature == feature,
+                    )
+                ).all()  # fmt: skip
+                out[[position[r[0]] for r in rows]] = np.frombuffer(
+                    b"".join(r[1] for r in rows), "<f4"
+                ).reshape(len(rows), spec.dim)
+        return out

@@ -1,0 +1,192 @@
+"""The Store: one object per open library database, owning its engine, its sessions and every
+statement the rest of vitdex runs (in its repositories: images, vectors, probes).
+
+Transactions are explicit and nest: inside `with store.snapshot():` every read of this thread
+sees the same snapshot; inside `with store.transaction():` every write commits together, or none.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import exc, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitdex.storage.database import WRITE, describe, open_engine
+from vitdex.storage.errors import ReadOnlyLibraryError, StorageError
+from vitdex.storage.models import Generation, Image, Meta, Spec
+
+LIBRARY_ID_KEY = "library_id"
+GENERATION_KEY = "generation"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSpec:
+    id: int
+    key: str
+    model_id: str
+    revision: str
+    dim: int
+    data: dict[str, Any]  # the EmbeddingSpec as a dict
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryState:
+    """What an index file must match to be current, read in one snapshot."""
+
+    library_id: str
+    generation: int
+    token: str  # the random token of `generation` in this database's history ("" for 0)
+    count: int  # images
+    id_sum: int  # sum of image ids: with count, a cheap fingerprint of the id set
+
+
+class Store:
+    """Open with `Store(folder, create=...)`; close with `close()`."""
+
+    def __init__(self, folder: Path, *, create: bool = False):
+        from vitdex.storage.images import Images
+        from vitdex.storage.probes import Probes
+        from vitdex.storage.vectors import Vectors
+
+        self.folder = Path(folder)
+        self.engine, self.read_only = open_engine(self.folder, create=create)
+        self._reads = sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(
+            self.engine.execution_options(**{WRITE: True}), expire_on_commit=False
+        )
+        self._local = threading.local()
+        self.images = Images(self)
+        self.vectors = Vectors(self)
+        self.probes = Probes(self)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- transactions ---------------------------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """One read transaction: every read inside sees the database at one moment."""
+        current = getattr(self._local, "session", None)
+        if current is not None:
+            yield current
+            return
+        with self._guard(), self._reads() as session:
+            self._local.session = session
+            try:
+                yield session
+            finally:
+                self._local.session = None
+                session.rollback()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One write transaction (BEGIN IMMEDIATE): all of it commits, or none of it."""
+        current = getattr(self._local, "session", None)
+        if current is not None:
+            if not getattr(self._local, "writing", False):
+                raise RuntimeError("a write transaction cannot start inside a read snapshot")
+            yield current
+            return
+        if self.read_only:
+            raise ReadOnlyLibraryError(f"library {self.folder} is read-only: it cannot be changed")
+        with self._guard(), self._writes.begin() as session:
+            self._local.session, self._local.writing = session, True
+            try:
+                yield session
+            finally:
+                self._local.session, self._local.writing = None, False
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Database errors a user can act on (full disk, corruption, locks) as one clear line."""
+        try:
+            yield
+        except exc.OperationalError as error:
+            raise StorageError(f"{self.folder}: {describe(error)}") from None
+        except exc.DatabaseError as error:
+            raise StorageError(f"{self.folder}: {describe(error)}") from None
+
+    # --- meta, library id, generation -----------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self.snapshot() as s:
+            row = s.get(Meta, key)
+            return row.value if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as s:
+            s.merge(Meta(key=key, value=value))
+
+    @property
+    def library_id(self) -> str:
+        return self.get_meta(LIBRARY_ID_KEY) or ""
+
+    def generation(self) -> int:
+        return int(self.get_meta(GENERATION_KEY, "0"))
+
+    def bump_generation(self) -> int:
+        """Inside a transaction that changes vectors: the generation it tags them with."""
+        with self.transaction() as s:
+            row = s.get(Meta, GENERATION_KEY)
+            if row is None:
+                row = Meta(key=GENERATION_KEY, value="0")
+                s.add(row)
+            row.value = str(int(row.value) + 1)
+            s.add(Generation(generation=int(row.value), token=uuid.uuid4().hex))
+            return int(row.value)
+
+    def token_of(self, generation: int) -> str | None:
+        """The token of a generation in this database's history; "" for 0, None if unknown."""
+        if generation == 0:
+            return ""
+        with self.snapshot() as s:
+            return s.scalar(select(Generation.token).where(Generation.generation == generation))
+
+    def state(self) -> LibraryState:
+        with self.snapshot() as s:
+            generation = self.generation()
+            count, id_sum = s.execute(
+                select(func.count(), func.coalesce(func.sum(Image.id), 0))
+            ).one()
+            return LibraryState(
+                self.library_id, generation, self.token_of(generation) or "", count, id_sum
+            )
+
+    # --- the spec -------------------------------------------------------------------------------
+    def spec(self) -> StoredSpec | None:
+        with self.snapshot() as s:
+            row = s.scalars(select(Spec).order_by(Spec.id)).first()
+            return None if row is None else _stored_spec(row)
+
+    def bind_spec(self, key: str, model_id: str, revision: str, dim: int, data: dict) -> StoredSpec:
+        """The library's spec: `data` becomes it when the library has none yet."""
+        with self.transaction() as s:
+            row = s.scalars(select(Spec).order_by(Spec.id)).first()
+            if row is None:
+                row = Spec(key=key, model_id=model_id, revision=revision, dim=dim,
+                           spec_json=json.dumps(data, sort_keys=True),
+                           created_at=datetime.now(UTC))  # fmt: skip
+                s.add(row)
+                s.flush()
+            return _stored_spec(row)
+
+    def update_spec(self, spec_id: int, key: str, revision: str, data: dict) -> StoredSpec:
+        """Rewrite the spec's description (same vectors, e.g. an older spec format upgraded)."""
+        with self.transaction() as s:
+            row = s.get(Spec, spec_id)
+            row.key, row.revision = key, revision
+            row.spec_json = json.dumps(data, sort_keys=True)
+            return _stored_spec(row)
+
+
+def _stored_spec(row: Spec) -> StoredSpec:
+    return StoredSpec(row.id, row.key, row.model_id, row.revision, row.dim,
+                      json.loads(row.spec_json))  # fmt: skip
