@@ -9,7 +9,7 @@ from vitdex.cli.common import emit_json, feature_option, json_option, library_op
 
 @click.group()
 def index() -> None:
-    """Inspect and rebuild the FAISS indexes (they are derived from SQLite)."""
+    """Inspect and rebuild the FAISS indexes (derived from the database, rebuilt when stale)."""
 
 
 @index.command()
@@ -23,17 +23,14 @@ def index() -> None:
     show_default=True,
     help="Index type; auto is exact Flat while small, IVF-SQ8 past the documented size.",
 )
+@click.option("--wait", is_flag=True, help="Wait for another writer instead of failing.")
 @json_option
-def rebuild(library_path, feature, kind, as_json):
-    """Rebuild the index from the vectors stored in SQLite (the type is remembered)."""
-    from vitdex.index.sync import rebuild_index
-    from vitdex.library.lock import write_lock
-    from vitdex.library.search import check_feature
-
-    with open_library(library_path) as library, write_lock(library.folder):
+def rebuild(library_path, feature, kind, wait, as_json):
+    """Rebuild the index from the vectors stored in the database (the type is remembered once
+    the build succeeds)."""
+    with open_library(library_path) as library:
         library.require_spec()
-        check_feature(library, feature)
-        built = rebuild_index(library, feature, kind)
+        built = library.rebuild_index(feature, kind, wait=wait)
         data = {
             "feature": feature,
             "kind": built.kind,
@@ -60,13 +57,9 @@ def rebuild(library_path, feature, kind, as_json):
 @json_option
 def evaluate(library_path, feature, sample, k, as_json):
     """Recall@k of the current index against exact search, on stored vectors."""
-    from vitdex.index.sync import evaluate_index
-    from vitdex.library.search import check_feature
-
     with open_library(library_path) as library:
         library.require_spec()
-        check_feature(library, feature)
-        data = evaluate_index(library, feature, sample=sample, k=k)
+        data = library.evaluate_index(feature, sample=sample, k=k)
     if as_json:
         emit_json(data)
     else:

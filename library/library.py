@@ -1,28 +1,38 @@
-"""A library: one folder holding the SQLite database and the FAISS files, bound to one spec."""
+"""A library: one folder holding the database (through the Store) and the FAISS files (through
+the IndexManager), bound to one embedding spec. Every CLI verb and gallery page is a method here.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import UTC, datetime
-from functools import cached_property
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
-from sqlalchemy import func, select
+import numpy as np
 
 from vitdex.library.config import resolve_library_path, resolve_model
-from vitdex.library.errors import LibraryError, SpecMismatchError
-from vitdex.storage import Failure, Image, Meta, Spec, open_engine, session_factory
+from vitdex.library.errors import LibraryError, NotFoundError, SpecMismatchError
+from vitdex.library.index_manager import IndexManager
+from vitdex.library.lock import write_lock
+from vitdex.storage import (
+    FailedFile,
+    ReadOnlyLibraryError,
+    Store,
+    StoredImage,
+    StoredPrediction,
+    StoredSpec,
+    canonical,
+    open_regular,
+)
 
 if TYPE_CHECKING:
     from vitdex.embedder import Embedder, EmbeddingSpec
     from vitdex.index.vector_index import VectorIndex
-    from vitdex.library.ingest import IngestReport
+    from vitdex.library.ingest import IngestReport, Progress
 
 log = logging.getLogger(__name__)
-
-GENERATION_KEY = "generation"
 
 
 class Library:
@@ -30,10 +40,9 @@ class Library:
 
     def __init__(self, folder: Path, *, create: bool = False):
         self.folder = Path(folder)
-        self.engine = open_engine(self.folder, create=create)
-        self.sessions = session_factory(self.engine)
+        self.store = Store(self.folder, create=create)
+        self.indexes = IndexManager(self.store, self.folder / "index")
         self._embedder: Embedder | None = None
-        self._indexes: dict[str, tuple[int, VectorIndex]] = {}
 
     @classmethod
     def open(cls, folder: str | Path | None = None, *, create: bool = False) -> Library:
@@ -41,7 +50,7 @@ class Library:
         return cls(resolve_library_path(folder), create=create)
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.store.close()
 
     def __enter__(self) -> Library:
         return self
@@ -49,157 +58,239 @@ class Library:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # --- spec -----------------------------------------------------------------------------
     @property
-    def spec_row(self) -> Spec | None:
-        with self.sessions() as session:
-            return session.scalars(select(Spec).order_by(Spec.id)).first()
+    def read_only(self) -> bool:
+        return self.store.read_only
 
+    @contextmanager
+    def writing(self, *, wait: bool = False) -> Iterator[None]:
+        """The library's write lock, held by every writer (never needed to read)."""
+        if self.read_only:
+            raise ReadOnlyLibraryError(f"library {self.folder} is read-only: it cannot be changed")
+        with write_lock(self.folder, wait=wait):
+            yield
+
+    # --- spec -------------------------------------------------------------------------------------
     @property
     def spec(self) -> EmbeddingSpec | None:
         from vitdex.embedder import EmbeddingSpec
 
-        row = self.spec_row
-        return None if row is None else EmbeddingSpec.from_dict(json.loads(row.spec_json))
+        row = self.store.spec()
+        return None if row is None else EmbeddingSpec.from_dict(row.data)
 
-    def require_spec(self) -> Spec:
-        row = self.spec_row
+    def require_spec(self) -> StoredSpec:
+        row = self.store.spec()
         if row is None:
             raise LibraryError(f"library {self.folder} is empty: run `vitdex ingest PATH` first")
         return row
 
-    def bind_spec(self, spec: EmbeddingSpec) -> Spec:
-        """Bind an empty library to `spec`, or check that it is the library's spec."""
-        with self.sessions.begin() as session:
-            row = session.scalars(select(Spec).order_by(Spec.id)).first()
-            if row is None:
-                row = Spec(
-                    key=spec.key,
-                    model_id=spec.model_id,
-                    revision=spec.revision,
-                    dim=spec.dim,
-                    spec_json=json.dumps(spec.to_dict(), sort_keys=True),
-                    created_at=datetime.now(UTC),
-                )
-                session.add(row)
-                session.flush()
-                return row
-        bound = json.loads(row.spec_json).get("runtime", "torch-fp32")
-        if row.key != spec.key and bound != spec.runtime:
-            from vitdex.embedder import runtime_option
+    def check_feature(self, feature: str) -> None:
+        """Refuse a feature the library does not store, saying why."""
+        from vitdex.embedder.errors import FeatureError
 
+        spec = self.spec
+        if spec is None or feature in spec.features:
+            return
+        if feature == "pooler":
+            raise FeatureError(
+                f"feature 'pooler' is not available: {spec.model_id} has no trained pooler"
+                " weights (it is a classification checkpoint, so its pooler would be random);"
+                " use cls or mean"
+            )
+        raise FeatureError(
+            f"unknown feature {feature!r}; this library stores {', '.join(spec.features)}"
+        )
+
+    def bind_spec(self, spec: EmbeddingSpec) -> StoredSpec:
+        """Bind an empty library to `spec`, or check that `spec` makes the library's vectors."""
+        from vitdex.embedder import EmbeddingSpec, runtime_option
+
+        row = self.store.bind_spec(spec.key, spec.model_id, spec.revision, spec.dim,
+                                   spec.to_dict())  # fmt: skip
+        if row.key == spec.key:
+            return row
+        bound = EmbeddingSpec.from_dict(row.data)
+        if not row.data.get("weights") and _same_vectors_legacy(bound, spec):
+            # A library made before specs were keyed on the weights: same model, same vectors.
+            return self.store.update_spec(row.id, spec.key, spec.revision, spec.to_dict())
+        if bound.runtime != spec.runtime:
             raise SpecMismatchError(
                 f"library {self.folder} holds vectors made with --runtime"
-                f" {runtime_option(bound)}, not {runtime_option(spec.runtime)}; vectors of two"
-                " runtimes never mix. Drop --runtime to use the library's own, or start a new"
-                " library with `--library NEW_FOLDER` (or VITDEX_LIBRARY)."
+                f" {runtime_option(bound.runtime)}, not {runtime_option(spec.runtime)}; vectors"
+                " of two runtimes never mix. Drop --runtime to use the library's own, or start a"
+                " new library with `--library NEW_FOLDER` (or VITDEX_LIBRARY)."
             )
-        if row.key != spec.key:
-            raise SpecMismatchError(
-                f"library {self.folder} holds vectors of {row.model_id} (revision"
-                f" {row.revision}, spec {row.key}), not of {spec.model_id} (revision"
-                f" {spec.revision}, spec {spec.key}); vectors of two specs never mix. Start a new"
-                " library for this model with `--library NEW_FOLDER` (or VITDEX_LIBRARY), or drop"
-                " --model to use the library's own."
-            )
-        return row
+        raise SpecMismatchError(
+            f"library {self.folder} holds vectors of {row.model_id} (spec {row.key}), not of"
+            f" {spec.model_id} (spec {spec.key}): the weights or preprocessing differ, and vectors"
+            " of two specs never mix. Start a new library for this model with `--library"
+            " NEW_FOLDER` (or VITDEX_LIBRARY), or drop --model to use the library's own."
+        )
 
     def embedder(
         self, model: str | None = None, *, device: str = "auto", runtime: str | None = None
     ) -> Embedder:
         """The embedder for this library's spec (loaded once, lazily: it imports torch).
 
-        `runtime` ("fp32" or "int8") defaults to the one the library was made with, so a search
-        needs no --runtime; the int8 model is cached in the library's models/ folder.
+        With no `model`, the library's own model at its own revision is loaded; `runtime`
+        ("fp32" or "int8") defaults to the library's, and the int8 model is cached in models/.
         """
         if self._embedder is None:
             from vitdex.embedder import Embedder, runtime_option
 
-            row = self.spec_row
-            spec = self.spec
+            row = self.store.spec()
+            source = resolve_model(model, row.model_id if row else None)
+            own = row is not None and source == row.model_id
+            revision = row.revision if own and _is_commit(row.revision) else None
+            runtime = runtime or (runtime_option(row.data.get("runtime", "")) if row else "fp32")
+            cache = self.folder / "models" if not self.read_only else None
             self._embedder = Embedder.load(
-                resolve_model(model, row.model_id if row else None),
-                device=device,
-                runtime=runtime or (runtime_option(spec.runtime) if spec else "fp32"),
-                cache_dir=self.folder / "models",
+                source, device=device, runtime=runtime, cache_dir=cache, revision=revision
             )
-            self.bind_spec(self._embedder.spec)
+            if not self.read_only:
+                self.bind_spec(self._embedder.spec)
+            elif row is not None and row.key != self._embedder.spec.key:
+                raise SpecMismatchError(
+                    f"library {self.folder} holds vectors of spec {row.key}, not"
+                    f" {self._embedder.spec.key} ({source})"
+                )
         return self._embedder
 
-    # --- generation: the counter the FAISS files are compared with --------------------------
-    def generation(self, session=None) -> int:
-        if session is None:
-            with self.sessions() as session:
-                return self.generation(session)
-        value = session.get(Meta, GENERATION_KEY)
-        return int(value.value) if value else 0
-
-    def next_generation(self, session) -> int:
-        """Bump the counter inside the caller's transaction, so it commits with the rows it tags."""
-        row = session.get(Meta, GENERATION_KEY)
-        if row is None:
-            row = Meta(key=GENERATION_KEY, value="0")
-            session.add(row)
-        row.value = str(int(row.value) + 1)
-        return int(row.value)
-
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        with self.sessions() as session:
-            row = session.get(Meta, key)
-            return row.value if row else default
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self.sessions.begin() as session:
-            session.merge(Meta(key=key, value=value))
-
-    # --- small queries ------------------------------------------------------------------------
-    def image_count(self) -> int:
-        with self.sessions() as session:
-            return session.scalar(select(func.count()).select_from(Image))
-
-    def failures(self) -> list[dict]:
-        with self.sessions() as session:
-            rows = session.scalars(select(Failure).order_by(Failure.path))
-            return [{"path": f.path, "error": f.error} for f in rows]
-
-    @cached_property
-    def index_folder(self) -> Path:
-        folder = self.folder / "index"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
+    # --- indexes ----------------------------------------------------------------------------------
     def index(self, feature: str = "cls") -> VectorIndex:
-        """The feature's FAISS index, current with the database; cached while nothing changes.
+        """The feature's FAISS index, current with the database."""
+        self.check_feature(feature)
+        return self.indexes.current(feature)
 
-        It is saved when it had to catch up, unless an ingest holds the write lock (that ingest
-        saves it at its end), so searches work during an ingest.
+    def rebuild_index(self, feature: str, kind: str = "auto", *, wait: bool = False) -> VectorIndex:
+        """Rebuild from the database with `kind`, which becomes the feature's kind once built."""
+        self.check_feature(feature)
+        with self.writing(wait=wait):
+            return self.indexes.rebuild(feature, kind)
+
+    def evaluate_index(self, feature: str, *, sample: int = 1000, k: int = 10) -> dict:
+        """recall@k of the feature's current index against exact search over the stored vectors."""
+        from vitdex.index.evaluate import recall_at_k
+
+        index = self.index(feature)
+        ids, vectors = self.store.vectors.of_images(self.require_spec(), feature)
+        if not len(ids):
+            raise LibraryError("the library holds no images: there is nothing to evaluate")
+        n = min(sample, len(ids))
+        return {
+            "feature": feature, "kind": index.kind, "vectors": index.ntotal, "k": k,
+            "sample": n, "recall": recall_at_k(index, vectors, ids, sample=n, k=k),
+            "params": index.params,
+        }  # fmt: skip
+
+    # --- the operations ---------------------------------------------------------------------------
+    def ingest(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        model: str | None = None,
+        device: str = "auto",
+        runtime: str | None = None,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        commit_every: int = 64,
+        dry_run: bool = False,
+        wait: bool = False,
+        index_features: Iterable[str] = ("cls",),
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Add, update, move and remove the images below `paths` (see vitdex.library.ingest).
+
+        `model`/`device`/`runtime` choose the embedder (default: the library's own); `dry_run`
+        reports the plan and changes nothing; `wait` waits for another writer instead of failing;
+        `index_features` are checked against the library's features before anything is written.
         """
-        from vitdex.index.sync import synced_index
-        from vitdex.library.lock import is_locked
-
-        generation = self.generation()
-        cached = self._indexes.get(feature)
-        if cached and cached[0] == generation:
-            return cached[1]
-        index = synced_index(self, feature, save=not is_locked(self.folder))
-        self._indexes[feature] = (generation, index)
-        return index
-
-    # --- the operations, as methods for library users -----------------------------------------
-    def ingest(self, paths, **options) -> IngestReport:
-        """See `vitdex.library.ingest.ingest`."""
         from vitdex.library.ingest import ingest
 
-        return ingest(self, paths, **options)
+        return ingest(
+            self, paths, model=model, device=device, runtime=runtime, batch_size=batch_size,
+            workers=workers, commit_every=commit_every, dry_run=dry_run, wait=wait,
+            index_features=index_features, progress=progress,
+        )  # fmt: skip
 
-    def search(self, query, **options) -> dict:
-        """See `vitdex.library.search.search`."""
+    def search(
+        self,
+        query: str | Path,
+        *,
+        k: int = 10,
+        feature: str = "cls",
+        min_score: float | None = None,
+        under: str | Path | None = None,
+        allowed_ids: np.ndarray | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        runtime: str | None = None,
+    ) -> dict:
+        """The k images most similar to `query` by cosine, best first, the query left out.
+
+        `under` (a folder) and `allowed_ids` restrict the candidates inside FAISS, so k results
+        come back whenever k candidates exist; `min_score` drops results below a cosine.
+        """
         from vitdex.library.search import search
 
-        return search(self, query, **options)
+        return search(
+            self, query, k=k, feature=feature, min_score=min_score, under=under,
+            allowed_ids=allowed_ids, model=model, device=device, runtime=runtime,
+        )  # fmt: skip
 
     def status(self) -> dict:
-        """See `vitdex.library.status.status`."""
+        """A JSON-ready summary; loads no model and builds no index."""
         from vitdex.library.status import status
 
         return status(self)
+
+    def failures(self) -> list[FailedFile]:
+        return self.store.images.failures()
+
+    # --- images, for the gallery and the CLI --------------------------------------------------------
+    def image(self, image_id: int) -> StoredImage:
+        image = self.store.images.get(image_id)
+        if image is None:
+            raise NotFoundError(f"no image with id {image_id}")
+        return image
+
+    def images_at(self, paths: Iterable[str]) -> dict[str, StoredImage]:
+        """The stored images at these paths (spelled any way: they are made canonical)."""
+        return self.store.images.by_paths([canonical(p) for p in paths])
+
+    def folders(self) -> list[str]:
+        return self.store.images.folders()
+
+    def browse(
+        self, *, under: str | None = None, after: str | None = None, limit: int = 100,
+        probe: str | None = None, label: str | None = None,
+    ) -> tuple[list[StoredImage], int]:
+        """A page of images by path after `after` (paging by key), and how many match."""
+        page = self.store.images.page(under=under, after=after, limit=limit, probe=probe,
+                                      label=label)  # fmt: skip
+        return page, self.store.images.count_page(under=under, probe=probe, label=label)
+
+    def prediction_labels(self) -> list[tuple[str, str]]:
+        return self.store.probes.labels()
+
+    def predictions_of(self, image_id: int) -> list[StoredPrediction]:
+        return self.store.probes.of_image(image_id)
+
+    def open_image_file(self, image_id: int) -> tuple[StoredImage, IO[bytes]]:
+        """The image's file, opened only if it is still the regular file that was ingested
+        (not a symlink, same device, inode, size and mtime): never whatever the path holds now."""
+        image = self.image(image_id)
+        try:
+            return image, open_regular(image.path, expect=image.identity)
+        except OSError as exc:
+            raise NotFoundError(f"image {image_id}: the file changed or is gone ({exc})") from None
+
+
+def _is_commit(revision: str) -> bool:
+    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
+
+
+def _same_vectors_legacy(bound: EmbeddingSpec, spec: EmbeddingSpec) -> bool:
+    return (bound.model_id, dict(bound.preprocessing), bound.features, bound.dim,
+            bound.runtime) == (spec.model_id, dict(spec.preprocessing), spec.features, spec.dim,
+                               spec.runtime)  # fmt: skip

@@ -1,51 +1,53 @@
-"""The library's write lock: one ingest (or rebuild) at a time, searches never blocked."""
+"""The library's write lock: one writer at a time (ingest, rebuild, probe train and predict --all,
+forget), readers never blocked. filelock gives an OS lock on every platform, released by the OS
+when its holder dies, so a kill -9 never leaves a library locked."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from vitdex.library.errors import LibraryBusyError
 
 LOCK_NAME = "write.lock"
+HOLDER_NAME = "write.holder"  # who holds the lock, for the busy message
 
 
 @contextmanager
 def write_lock(folder: Path, *, wait: bool = False) -> Iterator[None]:
-    """Hold the library's exclusive write lock; an OS lock, so a killed holder releases it."""
-    with open(Path(folder) / LOCK_NAME, "a+") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "another process"
-                    raise LibraryBusyError(
-                        f"library {folder} is being written by {holder}; wait for it to finish"
-                        " or pass --wait"
-                    ) from None
-                time.sleep(0.2)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
+    """Hold the library's exclusive write lock; without `wait`, a busy library raises at once."""
+    folder = Path(folder)
+    lock = FileLock(folder / LOCK_NAME, timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LibraryBusyError(
+            f"library {folder} is being written by {_holder(folder)}; wait for it to finish"
+            " or pass --wait"
+        ) from None
+    try:
+        (folder / HOLDER_NAME).write_text(f"pid {os.getpid()}")
         yield
+    finally:
+        lock.release()
 
 
-def is_locked(folder: Path) -> bool:
-    """Whether a writer holds the lock now (searches then keep their index changes in memory)."""
-    path = Path(folder) / LOCK_NAME
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        return False
+def try_write_lock(folder: Path) -> FileLock | None:
+    """The write lock if it is free now, else None (for a reader that may save an index)."""
+    lock = FileLock(Path(folder) / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except (Timeout, OSError):
+        return None
+    return lock
+
+
+def _holder(folder: Path) -> str:
+    try:
+        return (folder / HOLDER_NAME).read_text().strip() or "another process"
+    except OSError:
+        return "another process"

@@ -108,6 +108,10 @@ class Images:
         with self.store.snapshot() as s:
             return s.scalar(query)
 
+    def count_contents(self) -> int:
+        with self.store.snapshot() as s:
+            return s.scalar(select(func.count()).select_from(Content))
+
     def get(self, image_id: int) -> StoredImage | None:
         with self.store.snapshot() as s:
             row = s.execute(_select_images().where(Image.id == image_id)).first()

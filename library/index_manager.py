@@ -1,0 +1,255 @@
+"""The index manager: the one place where the store and the FAISS indexes meet.
+
+`IndexManager.current(feature)` gives a searchable index that is never stale. Every index file
+has a sidecar that ties it to its database: the library id, the generation it covers with that
+generation's random token, and the count and id sum it holds. A file is used only when its
+library id matches and its token is the one this database logged for its generation (so a
+restored, re-created or foreign database is never answered from a file of another history); it
+then catches up on what changed since, read in one snapshot with the state it is checked
+against. Anything else is rebuilt from the store.
+
+Only a writer, under the library's write lock, saves files (`refresh`, `rebuild`); a reader that
+had to catch up or rebuild keeps the result in memory and saves it only if the lock is free.
+The generation moves only when vectors change, so a no-op ingest touches no file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vitdex.library.errors import LibraryError
+from vitdex.library.lock import try_write_lock
+
+if TYPE_CHECKING:
+    from vitdex.index.vector_index import VectorIndex
+    from vitdex.storage import LibraryState, Store, StoredSpec
+
+log = logging.getLogger(__name__)
+
+KIND_KEY = "index_kind.{feature}"
+_FILE = re.compile(r"^(?P<feature>[\w-]+)\.g(?P<generation>\d+)\.faiss$")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexFile:
+    feature: str
+    generation: int
+    path: Path
+
+
+@dataclass
+class _Loaded:
+    index: VectorIndex
+    generation: int
+    token: str
+    saved: bool  # a file with exactly this content exists
+
+
+class IndexManager:
+    """Keeps each feature's FAISS index in step with the store."""
+
+    def __init__(self, store: Store, folder: Path):
+        self.store = store
+        self.folder = Path(folder)
+        self._loaded: dict[str, _Loaded] = {}
+        self.builds = 0  # full builds from the store in this process (tests count them)
+
+    # --- files ----------------------------------------------------------------------------------
+    def files(self, feature: str) -> list[IndexFile]:
+        """The feature's index files, newest generation first."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.iterdir():
+            match = _FILE.match(path.name)
+            if match and match["feature"] == feature:
+                found.append(IndexFile(feature, int(match["generation"]), path))
+        return sorted(found, key=lambda f: f.generation, reverse=True)
+
+    def preferred_kind(self, feature: str) -> str:
+        return self.store.get_meta(KIND_KEY.format(feature=feature), "auto")
+
+    def describe(self, feature: str, state: LibraryState) -> dict:
+        """What status shows of a feature's newest file, read from its sidecar only."""
+        from vitdex.index.errors import IndexFileError
+        from vitdex.index.vector_index import read_sidecar
+
+        entry: dict = {"preferred": self.preferred_kind(feature), "file": None}
+        for file in self.files(feature):
+            try:
+                sidecar = read_sidecar(file.path)
+            except IndexFileError as exc:
+                entry.update(file=str(file.path), error=f"{exc} (rebuilt on the next ingest)")
+                return entry
+            meta = sidecar.get("meta", {})
+            entry.update(
+                file=str(file.path), kind=sidecar["kind"], vectors=sidecar["ntotal"],
+                bytes=file.path.stat().st_size, params=sidecar["params"],
+                up_to_date=self._matches(meta, state) and meta.get("generation") == state.generation
+                and meta.get("count") == state.count and meta.get("id_sum") == state.id_sum,
+            )  # fmt: skip
+            return entry
+        return entry
+
+    # --- the current index ----------------------------------------------------------------------
+    def current(self, feature: str) -> VectorIndex:
+        """The feature's index, current with the store (cached while nothing changes)."""
+        spec = self._spec()
+        with self.store.snapshot():
+            state = self.store.state()
+            loaded = self._loaded.get(feature)
+            if loaded is None or not self._is_ancestor(loaded.generation, loaded.token, state):
+                loaded = self._from_file(feature, state, spec)
+            if loaded is not None and loaded.generation != state.generation:
+                loaded = self._catch_up(loaded, feature, state, spec)
+            if loaded is not None and loaded.index.ntotal != state.count:
+                log.warning("the %s index disagrees with the database; rebuilding it", feature)
+                loaded = None
+            if loaded is None:
+                loaded = self._build(feature, state, spec, self.preferred_kind(feature))
+        self._loaded[feature] = loaded
+        if not loaded.saved and not self.store.read_only:
+            lock = try_write_lock(self.store.folder)
+            if lock is not None:
+                try:
+                    self._save(feature, loaded, state)
+                finally:
+                    lock.release()
+        return loaded.index
+
+    def refresh(self, features: list[str]) -> None:
+        """Writer only (holding the write lock): bring every feature's file up to date."""
+        for feature in features:
+            self.current(feature)
+            loaded = self._loaded[feature]
+            if not loaded.saved:
+                self._save(feature, loaded, self.store.state())
+            self._clean(feature, keep=loaded.generation)
+
+    def rebuild(self, feature: str, kind: str = "auto") -> VectorIndex:
+        """Writer only: build from the store with `kind`, which is kept only once the build
+        succeeded (so a failed build changes nothing)."""
+        spec = self._spec()
+        with self.store.snapshot():
+            state = self.store.state()
+            loaded = self._build(feature, state, spec, kind)
+        self._save(feature, loaded, state)
+        self.store.set_meta(KIND_KEY.format(feature=feature), kind)
+        self._loaded[feature] = loaded
+        self._clean(feature, keep=loaded.generation)
+        return loaded.index
+
+    # --- inside -----------------------------------------------------------------------------------
+    def _spec(self) -> StoredSpec:
+        spec = self.store.spec()
+        if spec is None:
+            raise LibraryError(f"library {self.store.folder} is empty: run `vitdex ingest` first")
+        return spec
+
+    def _matches(self, meta: dict, state: LibraryState) -> bool:
+        return meta.get("library_id") == state.library_id and self._is_ancestor(
+            meta.get("generation", -1), meta.get("token"), state
+        )
+
+    def _is_ancestor(self, generation: int, token: str | None, state: LibraryState) -> bool:
+        """Whether (generation, token) is a point of this database's own history."""
+        if not isinstance(generation, int) or generation > state.generation:
+            return False
+        if generation == state.generation:
+            return token == state.token
+        return self.store.token_of(generation) == token
+
+    def _from_file(self, feature: str, state: LibraryState, spec: StoredSpec) -> _Loaded | None:
+        from vitdex.index.errors import IndexFileError
+        from vitdex.index.vector_index import VectorIndex, read_sidecar
+
+        for file in self.files(feature):
+            try:
+                meta = read_sidecar(file.path).get("meta", {})
+            except IndexFileError as exc:
+                log.warning("%s; ignoring it", exc)
+                continue
+            if not self._matches(meta, state) or meta.get("spec_key") != spec.key:
+                log.info("%s belongs to another database state; not used", file.path.name)
+                continue
+            current = meta["generation"] == state.generation
+            try:
+                index = VectorIndex.load(file.path, mmap=current)
+            except IndexFileError as exc:
+                log.warning("%s; rebuilding it", exc)
+                return None
+            if current and (meta.get("count"), meta.get("id_sum")) != (state.count, state.id_sum):
+                log.warning("%s does not cover this database's images; rebuilding", file.path.name)
+                return None
+            if self._outgrown(index, state.count):
+                return None
+            return _Loaded(index, meta["generation"], meta["token"], saved=True)
+        return None
+
+    def _catch_up(
+        self, loaded: _Loaded, feature: str, state: LibraryState, spec: StoredSpec
+    ) -> _Loaded | None:
+        """Apply the changes since the loaded generation; None when it must be rebuilt."""
+        if self._outgrown(loaded.index, state.count):
+            return None
+        changes = self.store.vectors.changes_since(spec, feature, loaded.generation)
+        index = loaded.index  # a memory-mapped index copies itself into memory on change
+        stale = np.union1d(changes.removed, changes.ids)
+        if len(stale) and not index.can_remove:
+            return None
+        if len(stale):
+            index.remove(stale)
+        if len(changes.ids):
+            index.add(changes.ids, changes.vectors)
+        log.info(
+            "%s index caught up from generation %d to %d (%d added, %d removed)",
+            feature, loaded.generation, state.generation, len(changes.ids), len(changes.removed),
+        )
+        return _Loaded(index, state.generation, state.token, saved=False)
+
+    def _build(self, feature: str, state: LibraryState, spec: StoredSpec, kind: str) -> _Loaded:
+        from vitdex.index.vector_index import VectorIndex, choose_kind
+
+        ids, vectors = self.store.vectors.of_images(spec, feature)
+        wanted = choose_kind(len(ids)) if kind == "auto" else kind
+        log.info("building %s index of %d %s vectors", wanted, len(ids), feature)
+        index = VectorIndex.build(ids, vectors, kind=wanted)
+        self.builds += 1
+        return _Loaded(index, state.generation, state.token, saved=False)
+
+    @staticmethod
+    def _outgrown(index: VectorIndex, count: int) -> bool:
+        """An IVF index trained when the library was much smaller has too few lists."""
+        from vitdex.index.vector_index import default_nlist
+
+        return "nlist" in index.params and default_nlist(count) > 2 * index.params["nlist"]
+
+    def _save(self, feature: str, loaded: _Loaded, state: LibraryState) -> None:
+        spec = self._spec()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{feature}.g{loaded.generation}.faiss"
+        ids = loaded.index.ids()
+        loaded.index.save(path, meta={
+            "library_id": state.library_id, "generation": loaded.generation,
+            "token": loaded.token, "count": int(len(ids)), "id_sum": int(ids.sum()),
+            "spec_key": spec.key, "feature": feature,
+        })  # fmt: skip
+        loaded.saved = True
+
+    def _clean(self, feature: str, *, keep: int) -> None:
+        """Writer only: drop the feature's other files (older, newer or foreign) and the
+        temporary files of interrupted saves."""
+        from vitdex.index.vector_index import remove_temp_files, sidecar_path
+
+        for file in self.files(feature):
+            if file.generation != keep:
+                file.path.unlink(missing_ok=True)
+                sidecar_path(file.path).unlink(missing_ok=True)
+        for path in remove_temp_files(self.folder):
+            log.info("removed %s, left by an interrupted save", path.name)
