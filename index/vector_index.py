@@ -242,24 +242,19 @@ class VectorIndex:
         else:
             c = None
             nlist = int(nlist or default_nlist(n))
-            if n < min_vectors(kind):
-                raise IndexKindError(
-                    f"{kind} needs at least {min_vectors(kind)} vectors to train, got {n}"
-                )
-            if nlist > 1 and n < MIN_POINTS_PER_LIST * nlist:
-                raise IndexInputError(
-                    f"{kind} with nlist={nlist} needs at least {MIN_POINTS_PER_LIST * nlist} "
-                    f"vectors to train, got {n}"
-                )
         if kind == "ivfpq":
             m = int(m or _default_pq_m(d))
             if d % m:
                 raise IndexInputError(f"PQ m={m} must divide the dimension {d}")
-            if n < PQ_MIN_VECTORS:
-                raise IndexKindError(
-                    f"ivfpq needs at least {PQ_MIN_VECTORS} vectors to train its codebooks, "
-                    f"got {n}; use ivfsq8 or flat"
-                )
+        need = min_vectors(kind) if c is None or kind == "ivfpq" else 0
+        if n < need:
+            hint = "; use ivfsq8 or flat" if kind == "ivfpq" else ""
+            raise IndexKindError(f"{kind} needs at least {need} vectors to train, got {n}{hint}")
+        if c is None and nlist > 1 and n < MIN_POINTS_PER_LIST * nlist:
+            raise IndexInputError(
+                f"{kind} with nlist={nlist} needs at least {MIN_POINTS_PER_LIST * nlist} "
+                f"vectors to train, got {n}"
+            )
         quantizer = faiss.IndexFlatIP(d)
         if kind == "ivfsq8":
             index = faiss.IndexIVFScalarQuantizer(
