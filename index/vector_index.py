@@ -1,17 +1,25 @@
 """A FAISS vector index keyed by the caller's int64 ids, searched by cosine (inner product on
-L2-normalised vectors), with in-FAISS id filtering and an atomic single-file format.
+L2-normalised vectors), with in-FAISS id filtering.
+
+On disk an index is two files: `<name>`, plain `faiss.write_index` output followed by a 16-byte
+tag (magic + random token), and `<name>.json`, the sidecar (kind, dim, ntotal, search params,
+size, CRC-32 and token of the index file, and a caller's `meta` dict). `faiss.read_index` reads
+the index file as it is; `VectorIndex.load` memory-maps it, so opening a large IVF index costs
+milliseconds. Saves are atomic per pair (see `VectorIndex.save`); `remove_temp_files` clears
+what interrupted saves leave behind.
 
 faiss is imported inside functions only, so importing vitdex.index stays cheap.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
 import os
+import re
 import struct
-import tempfile
 import time
 import zlib
 from collections.abc import Iterable
@@ -42,15 +50,14 @@ MIN_POINTS_PER_LIST = 39
 TRAIN_POINTS_PER_LIST = 40
 TRAIN_MIN_SAMPLE = 50_000
 KMEANS_NITER = 10
+# IVF-PQ codes: 8 bits per sub-quantizer, i.e. 256-centroid codebooks, which FAISS trains
+# without a warning only from MIN_POINTS_PER_LIST points per centroid.
+PQ_NBITS = 8
+PQ_MIN_VECTORS = MIN_POINTS_PER_LIST * 2**PQ_NBITS
 # Build-time calibration: the smallest nprobe / efSearch whose measured recall@10 reaches this.
 RECALL_TARGET = 0.98
 CALIBRATION_QUERIES = 200
 HNSW_MIN_EF_SEARCH = 64
-
-_MAGIC = b"VITDEXIX"
-_END = b"VDXEND01"
-_FORMAT = 1
-_TRAILER = struct.Struct("<QI8s")  # payload length, crc32 of payload, end magic
 
 
 def choose_kind(n: int) -> str:
@@ -61,6 +68,17 @@ def choose_kind(n: int) -> str:
     if n < 0:
         raise IndexInputError(f"n must be >= 0, got {n}")
     return "flat" if n <= FLAT_MAX_N else AUTO_APPROX_KIND
+
+
+def min_vectors(kind: str) -> int:
+    """The fewest vectors `VectorIndex.build` accepts for `kind` (without reused centroids).
+
+    IVF-PQ trains 256-centroid codebooks and FAISS wants 39 points per centroid; IVF-SQ8 needs
+    one vector (a single list); Flat and HNSW need none.
+    """
+    if kind not in INDEX_KINDS:
+        raise IndexKindError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
+    return {"ivfpq": PQ_MIN_VECTORS, "ivfsq8": 1}.get(kind, 0)
 
 
 def default_nlist(n: int) -> int:
@@ -103,12 +121,6 @@ def _as_ids(ids: Iterable[int] | np.ndarray, n: int | None = None) -> np.ndarray
     return a
 
 
-def _write_chunks(f: BinaryIO, chunks: Iterable[bytes]) -> None:
-    """Write the parts of an index file; a separate function so tests can make it fail midway."""
-    for chunk in chunks:
-        f.write(chunk)
-
-
 class VectorIndex:
     """One FAISS index plus its kind and search parameters.
 
@@ -128,6 +140,7 @@ class VectorIndex:
         self.params: dict[str, Any] = dict(params)
         self._ids_cache: np.ndarray | None = None
         self._sorted_ids: np.ndarray | None = None
+        self._mapped = False
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -186,13 +199,22 @@ class VectorIndex:
                 params["nprobe"] = int(nprobe)
         self = cls(index, kind, d, params)
         self._keep = keep
-        if calibrate and n and (
-            (kind.startswith("ivf") and nprobe is None) or (kind == "hnsw" and ef_search is None)
+        if (
+            calibrate
+            and n
+            and (
+                (kind.startswith("ivf") and nprobe is None)
+                or (kind == "hnsw" and ef_search is None)
+            )
         ):
             self._calibrate(x, id_arr, seed)
         log.info(
             "built %s index: %d x %d in %.1fs, params %s",
-            kind, n, d, time.perf_counter() - t0, self.params,
+            kind,
+            n,
+            d,
+            time.perf_counter() - t0,
+            self.params,
         )
         return self
 
@@ -206,7 +228,11 @@ class VectorIndex:
         centroids: np.ndarray | None,
         seed: int,
     ) -> tuple[Any, dict[str, Any]]:
-        """IVF-SQ8 / IVF-PQ built by hand: index_factory's PQ turns on slow polysemous training."""
+        """IVF-SQ8 / IVF-PQ built by hand: index_factory's PQ turns on slow polysemous training.
+
+        Sizes are checked before anything is trained, so FAISS never prints its "please provide
+        at least N training points" warnings: too few vectors raise instead.
+        """
         import faiss
 
         n, d = x.shape
@@ -216,8 +242,19 @@ class VectorIndex:
         else:
             c = None
             nlist = int(nlist or default_nlist(n))
-        if n == 0 and c is None:
-            raise IndexKindError(f"{kind} must be trained on vectors; build it from >= 1 vector")
+        if kind == "ivfpq":
+            m = int(m or _default_pq_m(d))
+            if d % m:
+                raise IndexInputError(f"PQ m={m} must divide the dimension {d}")
+        need = min_vectors(kind) if c is None or kind == "ivfpq" else 0
+        if n < need:
+            hint = "; use ivfsq8 or flat" if kind == "ivfpq" else ""
+            raise IndexKindError(f"{kind} needs at least {need} vectors to train, got {n}{hint}")
+        if c is None and nlist > 1 and n < MIN_POINTS_PER_LIST * nlist:
+            raise IndexInputError(
+                f"{kind} with nlist={nlist} needs at least {MIN_POINTS_PER_LIST * nlist} "
+                f"vectors to train, got {n}"
+            )
         quantizer = faiss.IndexFlatIP(d)
         if kind == "ivfsq8":
             index = faiss.IndexIVFScalarQuantizer(
@@ -225,13 +262,10 @@ class VectorIndex:
             )
             params: dict[str, Any] = {"nlist": nlist, "nprobe": min(16, nlist)}
         else:
-            m = int(m or _default_pq_m(d))
-            if d % m:
-                raise IndexInputError(f"PQ m={m} must divide the dimension {d}")
-            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
             index.do_polysemous_training = False
             index.pq.cp.niter = KMEANS_NITER  # codebooks: 10 k-means rounds, not 25
-            params = {"nlist": nlist, "nprobe": min(16, nlist), "m": m, "nbits": 8}
+            params = {"nlist": nlist, "nprobe": min(16, nlist), "m": m, "nbits": PQ_NBITS}
         index.own_fields = True
         quantizer.this.disown()
         rng = np.random.default_rng(seed)
@@ -239,6 +273,10 @@ class VectorIndex:
         sample = x if sample_n == n else x[np.sort(rng.choice(n, sample_n, replace=False))]
         if c is not None:
             quantizer.add(c)  # IndexIVF skips coarse training when the quantizer is full
+        elif nlist == 1:
+            # spherical k-means with one centroid is the normalised mean: no k-means (and no
+            # FAISS warning about fewer than 39 points), so ivfsq8 works from one vector
+            quantizer.add(normalize(sample.mean(axis=0, dtype=np.float64)))
         else:
             cp = faiss.ClusteringParameters()
             cp.niter = KMEANS_NITER
@@ -247,8 +285,6 @@ class VectorIndex:
             cp.max_points_per_centroid = 10**9  # we already sampled
             clus = faiss.Clustering(d, nlist, cp)
             clus.train(sample, quantizer)
-        if kind == "ivfpq" and len(sample) < 256:
-            raise IndexKindError(f"ivfpq needs >= 256 vectors to train its codebooks, got {n}")
         index.train(sample)
         if n:
             index.add_with_ids(x, ids)
@@ -292,7 +328,12 @@ class VectorIndex:
             chosen = min(v for v, r in measured.items() if r >= best - 0.005)
             log.warning(
                 "%s: recall@%d reaches only %.3f (< %.2f); using %s=%d",
-                self.kind, k, best, RECALL_TARGET, key, chosen,
+                self.kind,
+                k,
+                best,
+                RECALL_TARGET,
+                key,
+                chosen,
             )
         self.params[key] = int(chosen)
         self.params["calibrated_recall"] = round(measured[chosen], 4)
@@ -333,23 +374,6 @@ class VectorIndex:
         return sorted_ids[pos] == ids
 
     @property
-    def nbytes(self) -> int:
-        """Size of the FAISS serialisation (the file adds a small header), streamed, not copied."""
-        import faiss
-
-        total = 0
-
-        def count(chunk: bytes) -> int:
-            nonlocal total
-            total += len(chunk)
-            return len(chunk)
-
-        writer = faiss.PyCallbackIOWriter(count)
-        faiss.write_index(self._index, writer)
-        del writer
-        return total
-
-    @property
     def centroids(self) -> np.ndarray | None:
         """The IVF coarse centroids (nlist, d), to reuse in a rebuild; None for other kinds."""
         if not self.kind.startswith("ivf"):
@@ -382,7 +406,10 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ edits
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors under new ids; an id already present raises IndexInputError."""
+        """Add vectors under new ids; an id already present raises IndexInputError.
+
+        A memory-mapped index (`load` with mmap) is first copied into memory.
+        """
         x = normalize(vectors, self.dim)
         id_arr = _as_ids(ids, len(x))
         if not len(x):
@@ -395,6 +422,7 @@ class VectorIndex:
                 f"{int(present.sum())} id(s) already in the index, "
                 f"e.g. {id_arr[present][:5].tolist()}"
             )
+        self._own()
         self._index.add_with_ids(x, id_arr)
         self._ids_cache = None
 
@@ -402,6 +430,7 @@ class VectorIndex:
         """Remove the given ids (absent ones are ignored); returns how many were removed.
 
         HNSW graphs cannot drop nodes: raises IndexKindError, rebuild the index instead.
+        A memory-mapped index (`load` with mmap) is first copied into memory.
         """
         import faiss
 
@@ -410,6 +439,7 @@ class VectorIndex:
         id_arr = _as_ids(ids)
         if not id_arr.size or not self.ntotal:
             return 0
+        self._own()
         removed = int(self._index.remove_ids(faiss.IDSelectorBatch(np.unique(id_arr))))
         self._ids_cache = None
         return removed
@@ -516,109 +546,372 @@ class VectorIndex:
         out_ids[rows, :kk] = present[top]
 
     # ------------------------------------------------------------------ file
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index atomically: temp file in the same folder, fsync, os.replace.
+    @property
+    def mapped(self) -> bool:
+        """Whether the vectors are read from the index file through mmap (see `load`)."""
+        return self._mapped
 
-        A crash at any moment leaves either the previous file or the new one, never a mix.
-        Layout: magic, header length, JSON header (kind, dim, params), FAISS bytes, trailer
-        (payload length, crc32, end magic).
+    def _own(self) -> None:
+        """Copy a memory-mapped index into memory so it can be changed or saved.
+
+        The mapping is read-only (FAISS aborts the process on a write to a mapped flat index),
+        and FAISS would save a mapped IVF index as a reference to its file, not as data.
+        """
+        if not self._mapped:
+            return
+        import faiss
+
+        if self.kind.startswith("ivf"):
+            src = self._index.invlists
+            own = faiss.ArrayInvertedLists(src.nlist, src.code_size)
+            for lst in range(src.nlist):
+                size = src.list_size(lst)
+                if size:
+                    own.add_entries(lst, size, src.get_ids(lst), src.get_codes(lst))
+            self._index.replace_invlists(own, True)
+            own.this.disown()
+        else:
+            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+        self._mapped = False
+        log.info("copied the memory-mapped %s index into memory", self.kind)
+
+    def save(
+        self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Write the index to `path` and its sidecar to `path` + ".json"; returns the sidecar.
+
+        `meta` is any JSON-ready dict the caller wants back from `read_sidecar` (the library
+        puts its id, generation and counts there). Each file is written to
+        `<final name>.tmp-<pid>-<token>` in the same folder and fsynced; then the index file is
+        renamed into place and the sidecar last, so a sidecar's presence means the index file
+        is complete. The index file ends with a 16-byte tag holding a random token that the
+        sidecar records too: an old sidecar never passes for a new index file. A kill between
+        the two renames leaves the new index file and its complete sidecar temp file, which
+        `load` and `remove_temp_files` roll forward; at any other moment the old or the new
+        pair is in place. A mapped index is copied into memory first (see `_own`).
         """
         import faiss
 
         path = Path(path)
-        header = json.dumps(
-            {"format": _FORMAT, "kind": self.kind, "dim": self.dim, "ntotal": self.ntotal,
-             "params": self.params, "faiss": faiss.__version__},
-            sort_keys=True,
-        ).encode()
-        payload = faiss.serialize_index(self._index)
-        crc = zlib.crc32(payload)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        side = sidecar_path(path)
         try:
-            with os.fdopen(fd, "wb") as f:
-                _write_chunks(
-                    f,
-                    [_MAGIC, struct.pack("<I", len(header)), header, memoryview(payload),
-                     _TRAILER.pack(len(payload), crc, _END)],
-                )
+            json.dumps(meta or {})
+        except (TypeError, ValueError) as e:
+            raise IndexInputError(f"index meta must be JSON-serialisable: {e}") from e
+        self._own()
+        token = os.urandom(_TAG.size - len(_TAG_MAGIC))
+        data_tmp, side_tmp = _temp_path(path, token), _temp_path(side, token)
+        renamed = False
+        try:
+            with open(data_tmp, "xb") as f:
+                crc = _stream_index(self._index, f)
+                f.write(_TAG.pack(_TAG_MAGIC, token))
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+                size = f.tell()
+            sidecar = {
+                "format": FORMAT_VERSION,
+                "kind": self.kind,
+                "dim": self.dim,
+                "ntotal": self.ntotal,
+                "params": self.params,
+                "bytes": size,
+                "crc32": crc,
+                "token": token.hex(),
+                "faiss": faiss.__version__,
+                "meta": meta or {},
+            }
+            with open(side_tmp, "xb") as f:
+                f.write(json.dumps(sidecar, sort_keys=True, indent=1).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(data_tmp, path)
+            renamed = True
+            os.replace(side_tmp, side)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            data_tmp.unlink(missing_ok=True)
+            if not renamed:  # after the first rename the sidecar temp is the new pair's half
+                side_tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
         log.info("saved %s index (%d vectors) to %s", self.kind, self.ntotal, path)
+        return sidecar
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
-        """Read a file written by `save`; IndexFileError if missing, truncated or corrupt."""
+    def load(
+        cls, path: str | os.PathLike[str], *, mmap: bool = True, verify: bool = False
+    ) -> VectorIndex:
+        """Open an index written by `save`; IndexFileError (one line naming the file) when the
+        index file or its sidecar is missing, truncated, corrupt or not the pair's other half.
+
+        With `mmap`, FAISS maps the file instead of reading it: IVF inverted lists
+        (IO_FLAG_MMAP) and the Flat/HNSW vectors (IO_FLAG_MMAP_IFC, where this faiss has it),
+        so opening a large index costs milliseconds and pages are read as searches touch them.
+        A mapped index searches like any other; `add`, `remove` and `save` first copy it into
+        memory, which costs about what `mmap=False` (a plain read) costs up front, so load with
+        `mmap=False` when you mean to change it. The file must only ever be replaced by rename
+        (as `save` does), never rewritten in place, while a mapped copy is open.
+        `verify` also checks the CRC-32 of the whole file (reads it all).
+        """
+        path = Path(path)
+        reason = ""
+        for _ in range(_LOAD_ATTEMPTS):
+            sidecar = read_sidecar(path)
+            try:
+                return cls._open(path, sidecar, mmap, verify)
+            except _NotThePair as e:
+                reason = str(e)
+                pending = _pending_sidecar(path, e.token) if e.token else None
+            if pending is not None:  # a save was killed (or is) between its two renames
+                try:
+                    return cls._open(path, pending, mmap, verify)
+                except _NotThePair as e:
+                    reason = str(e)
+        raise IndexFileError(f"index file {path} does not match its sidecar: {reason}")
+
+    @classmethod
+    def _open(cls, path: Path, sidecar: dict[str, Any], mmap: bool, verify: bool) -> VectorIndex:
+        """Check that the file at `path` is the one `sidecar` describes, then let FAISS read it.
+
+        The file stays open while FAISS reads it by name: if the name still leads to the same
+        inode afterwards, FAISS read the file that was checked (a concurrent save renames a new
+        inode into place, and the open one cannot be reused meanwhile).
+        """
         import faiss
 
-        path = Path(path)
+        kind = sidecar["kind"]
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                token = _read_tag(f, st.st_size)
+                if token != sidecar["token"]:
+                    raise _NotThePair(token, f"token {token}, sidecar says {sidecar['token']}")
+                if st.st_size != sidecar["bytes"]:
+                    raise _NotThePair(token, f"{st.st_size} bytes, sidecar says {sidecar['bytes']}")
+                if verify and _crc(f, st.st_size - _TAG.size) != sidecar["crc32"]:
+                    raise IndexFileError(f"corrupt index file {path}: checksum mismatch")
+                flags = _mmap_flags(kind) if mmap else 0
+                try:
+                    index = faiss.read_index(str(path), flags)
+                except RuntimeError as e:
+                    reason = str(e).strip().splitlines()[-1][:200]
+                    raise IndexFileError(
+                        f"corrupt index file {path}: FAISS cannot read it ({reason})"
+                    ) from e
+                now = os.stat(path)
         except FileNotFoundError:
             raise IndexFileError(f"index file not found: {path}") from None
         except OSError as e:
-            raise IndexFileError(f"cannot read index file {path}: {e}") from e
-        bad = _check_file(data)
-        if bad:
-            raise IndexFileError(f"corrupt index file {path}: {bad}")
-        (hlen,) = struct.unpack_from("<I", data, len(_MAGIC))
-        start = len(_MAGIC) + 4 + hlen
-        header = json.loads(data[len(_MAGIC) + 4 : start])
-        kind, dim, params = header["kind"], int(header["dim"]), header["params"]
-        if header.get("format") != _FORMAT or kind not in INDEX_KINDS:
+            raise IndexFileError(f"cannot read index file {path}: {e.strerror or e}") from e
+        if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+            raise _NotThePair(None, "replaced while loading")
+        if (
+            not _is_kind(index, kind)
+            or index.d != sidecar["dim"]
+            or (index.ntotal != sidecar["ntotal"])
+        ):
             raise IndexFileError(
-                f"unsupported index file {path}: format {header.get('format')}, kind {kind!r}"
+                f"index file {path} holds a {type(index).__name__} of {index.ntotal} x {index.d}, "
+                f"its sidecar says {kind} of {sidecar['ntotal']} x {sidecar['dim']}"
             )
-        payload = np.frombuffer(data, np.uint8, len(data) - start - _TRAILER.size, start)
-        try:
-            index = faiss.deserialize_index(payload)
-        except RuntimeError as e:
-            raise IndexFileError(f"corrupt index file {path}: FAISS cannot read it ({e})") from e
-        if index.d != dim or index.ntotal != header["ntotal"]:
-            raise IndexFileError(f"index file {path} header does not match its FAISS index")
-        return cls(index, kind, dim, params)
+        self = cls(index, kind, sidecar["dim"], sidecar["params"])
+        self._mapped = _is_mapped(index, kind)
+        return self
+
+
+# --- index files: `<name>` (FAISS bytes + tag) and `<name>.json` (the sidecar) ---------------
+FORMAT_VERSION = 2
+SIDECAR_SUFFIX = ".json"
+_TAG_MAGIC = b"VDXTAG02"
+_TAG = struct.Struct("<8s8s")  # magic, random token (also in the sidecar)
+_TEMP = re.compile(r"\.tmp-\d+-(?P<token>[0-9a-f]{16})$")
+_SIDECAR_KEYS = ("format", "kind", "dim", "ntotal", "params", "bytes", "crc32", "token", "meta")
+_LOAD_ATTEMPTS = 3
+
+
+class _NotThePair(Exception):
+    """The index file is not the one the sidecar describes (`token`: the file's own, if any)."""
+
+    def __init__(self, token: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.token = token
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The sidecar of an index file: the same name plus ".json"."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sidecar of the index file `path` (kind, dim, ntotal, params, bytes, crc32, token,
+    faiss, meta), read without touching the index file, so reporting on it stays cheap.
+
+    IndexFileError when the sidecar is missing (the index file is incomplete or was written by
+    an older vitdex), unreadable, or not a sidecar of this format.
+    """
+    side = sidecar_path(path)
+    try:
+        return _parse_sidecar(side, side.read_bytes())
+    except FileNotFoundError:
+        raise IndexFileError(
+            f"index sidecar not found: {side} (the index is incomplete or from an older vitdex)"
+        ) from None
+    except OSError as e:
+        raise IndexFileError(f"cannot read index sidecar {side}: {e.strerror or e}") from e
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON header of a file written by `VectorIndex.save` (kind, dim, ntotal, params),
-    read without the FAISS payload, so reporting on a large index stays cheap."""
-    path = Path(path)
+    """Alias of `read_sidecar`, for callers of the former single-file format's header."""
+    return read_sidecar(path)
+
+
+def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files that interrupted saves left in `folder`; returns the deleted paths.
+
+    A sidecar temp whose token matches the index file now in place (a save killed between its
+    two renames) is renamed into place instead of deleted. Call it only while no save can run
+    (under the library's write lock): it would delete a running save's temp files.
+    """
+    folder = Path(folder)
+    removed = []
+    for temp in sorted(folder.iterdir()):
+        match = _TEMP.search(temp.name)
+        if not match or not temp.is_file():
+            continue
+        final = temp.with_name(temp.name[: match.start()])
+        if final.name.endswith(SIDECAR_SUFFIX):
+            data = final.with_name(final.name[: -len(SIDECAR_SUFFIX)])
+            if _file_token(data) == match["token"]:
+                os.replace(temp, final)
+                log.info("completed the interrupted save of %s", data)
+                continue
+        temp.unlink(missing_ok=True)
+        removed.append(temp)
+    if removed:
+        _fsync_dir(folder)
+        log.info("removed %d temp file(s) of interrupted index saves in %s", len(removed), folder)
+    return removed
+
+
+def _parse_sidecar(side: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        sidecar = json.loads(raw)
+    except ValueError:
+        raise IndexFileError(f"corrupt index sidecar {side}: not JSON") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT_VERSION:
+        found = sidecar.get("format") if isinstance(sidecar, dict) else None
+        raise IndexFileError(f"unsupported index sidecar {side}: format {found!r}")
+    missing = [k for k in _SIDECAR_KEYS if k not in sidecar]
+    if missing or sidecar["kind"] not in INDEX_KINDS:
+        raise IndexFileError(
+            f"corrupt index sidecar {side}: missing {missing}"
+            if missing
+            else f"corrupt index sidecar {side}: unknown kind {sidecar['kind']!r}"
+        )
+    return sidecar
+
+
+def _pending_sidecar(path: Path, token: str) -> dict[str, Any] | None:
+    """The complete sidecar temp of a save with `token`, if one was left between its renames."""
+    side = sidecar_path(path)
+    for temp in path.parent.glob(f"{glob.escape(side.name)}.tmp-*-{token}"):
+        try:
+            return _parse_sidecar(temp, temp.read_bytes())
+        except (OSError, IndexFileError):
+            continue
+    return None
+
+
+def _temp_path(final: Path, token: bytes) -> Path:
+    return final.with_name(f"{final.name}.tmp-{os.getpid()}-{token.hex()}")
+
+
+def _read_tag(f: BinaryIO, size: int) -> str | None:
+    """The token in the tag at the end of an index file, or None if it has no tag."""
+    if size < _TAG.size:
+        return None
+    f.seek(size - _TAG.size)
+    magic, token = _TAG.unpack(f.read(_TAG.size))
+    return token.hex() if magic == _TAG_MAGIC else None
+
+
+def _file_token(path: Path) -> str | None:
     try:
         with open(path, "rb") as f:
-            head = f.read(len(_MAGIC) + 4)
-            if len(head) < len(_MAGIC) + 4 or head[: len(_MAGIC)] != _MAGIC:
-                raise IndexFileError(f"corrupt index file {path}: not a vitdex index")
-            (hlen,) = struct.unpack_from("<I", head, len(_MAGIC))
-            header = json.loads(f.read(hlen))
-    except FileNotFoundError:
-        raise IndexFileError(f"index file not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise IndexFileError(f"cannot read index file {path}: {e}") from e
-    return header
+            return _read_tag(f, os.fstat(f.fileno()).st_size)
+    except OSError:
+        return None
 
 
-def _check_file(data: bytes) -> str | None:
-    """Why `data` is not a complete index file, or None."""
-    if len(data) < len(_MAGIC) + 4 + _TRAILER.size or not data.startswith(_MAGIC):
-        return "not a vitdex index file (bad magic or too short)"
-    (hlen,) = struct.unpack_from("<I", data, len(_MAGIC))
-    start = len(_MAGIC) + 4 + hlen
-    if start + _TRAILER.size > len(data):
-        return "truncated header"
-    plen, crc, end = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
-    if end != _END or start + plen + _TRAILER.size != len(data):
-        return "truncated or trailing bytes"
-    if zlib.crc32(memoryview(data)[start : start + plen]) != crc:
-        return "checksum mismatch"
-    try:
-        json.loads(data[len(_MAGIC) + 4 : start])
-    except ValueError:
-        return "unreadable header"
-    return None
+def _write_chunk(f: BinaryIO, chunk: bytes) -> None:
+    """Write one chunk of FAISS output; a separate function so tests can make it fail midway."""
+    f.write(chunk)
+
+
+def _stream_index(index: Any, f: BinaryIO) -> int:
+    """Stream `faiss.write_index` output into `f` (no in-memory copy); returns its CRC-32."""
+    import faiss
+
+    crc = 0
+
+    def sink(chunk: bytes) -> int:
+        nonlocal crc
+        _write_chunk(f, chunk)
+        crc = zlib.crc32(chunk, crc)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(sink)
+    faiss.write_index(index, writer)
+    del writer  # flushes its buffer through `sink`
+    return crc
+
+
+def _crc(f: BinaryIO, size: int) -> int:
+    f.seek(0)
+    crc, left = 0, size
+    while left:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        crc = zlib.crc32(chunk, crc)
+        left -= len(chunk)
+    return crc
+
+
+def _mmap_flags(kind: str) -> int:
+    """read_index flags that map `kind`'s data: 0 (a plain read) where this faiss cannot."""
+    import faiss
+
+    if kind.startswith("ivf"):
+        return faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    ifc = getattr(faiss, "IO_FLAG_MMAP_IFC", 0)  # faiss >= 1.10
+    return ifc | faiss.IO_FLAG_READ_ONLY if ifc else 0
+
+
+def _is_kind(index: Any, kind: str) -> bool:
+    import faiss
+
+    if kind == "ivfsq8":
+        return isinstance(index, faiss.IndexIVFScalarQuantizer)
+    if kind == "ivfpq":
+        return isinstance(index, faiss.IndexIVFPQ)
+    if not isinstance(index, faiss.IndexIDMap2):
+        return False
+    sub = faiss.downcast_index(index.index)
+    return isinstance(sub, faiss.IndexHNSW if kind == "hnsw" else faiss.IndexFlat)
+
+
+def _is_mapped(index: Any, kind: str) -> bool:
+    """Whether FAISS reads `index`'s vectors from a file mapping rather than owned memory."""
+    import faiss
+
+    if kind.startswith("ivf"):
+        return isinstance(faiss.downcast_InvertedLists(index.invlists), faiss.OnDiskInvertedLists)
+    sub = faiss.downcast_index(index.index)
+    storage = faiss.downcast_index(sub.storage) if kind == "hnsw" else sub
+    codes = getattr(storage, "codes", None)
+    return codes is not None and getattr(codes, "is_owned", True) is False
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -649,4 +942,3 @@ def _recall_excluding(gt: np.ndarray, got: np.ndarray, self_ids: np.ndarray, k: 
         r = got[row][(got[row] != self_ids[row]) & (got[row] >= 0)][:k]
         hits += len(np.intersect1d(g, r))
     return hits / (len(gt) * k)
-

@@ -22,7 +22,7 @@ from vitdex.index import (
 )
 from vitdex.library.errors import VitdexError
 
-N, D = 5000, 64
+N, D = vi.PQ_MIN_VECTORS, 64  # the fewest vectors ivfpq trains on
 BUILD_ARGS = {
     "flat": {},
     "hnsw": {"M": 16},
@@ -152,61 +152,6 @@ def test_selector_restricts_and_fills_k(built, data, kind):
     assert (found == -1).all()
 
 
-def test_save_load_roundtrip(built, data, tmp_path):
-    _, x = data
-    for kind, index in built.items():
-        path = tmp_path / f"{kind}.faiss"
-        index.save(path)
-        loaded = VectorIndex.load(path)
-        assert (loaded.kind, loaded.dim, loaded.ntotal) == (kind, D, N)
-        assert loaded.params == index.params
-        assert np.array_equal(np.sort(loaded.ids()), np.sort(index.ids()))
-        a, b = index.search(x[:10], 10), loaded.search(x[:10], 10)
-        assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
-        assert abs(path.stat().st_size - index.nbytes) < 1024
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{k}.faiss" for k in built)
-
-
-def test_save_is_atomic(built, data, tmp_path, monkeypatch):
-    path = tmp_path / "index.faiss"
-    built["flat"].save(path)
-    before = path.read_bytes()
-
-    def half_then_fail(f, chunks):
-        for n, chunk in enumerate(chunks):
-            if n == 3:
-                f.write(bytes(chunk)[: len(chunk) // 2])
-                raise OSError("disk full")
-            f.write(chunk)
-
-    monkeypatch.setattr(vi, "_write_chunks", half_then_fail)
-    small = VectorIndex.build(data[0][:10], data[1][:10], "flat")
-    with pytest.raises(OSError, match="disk full"):
-        small.save(path)
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["index.faiss"]  # temp file cleaned up
-    assert VectorIndex.load(path).ntotal == N
-
-
-def test_load_missing_or_corrupt(built, tmp_path):
-    with pytest.raises(IndexFileError, match="not found"):
-        VectorIndex.load(tmp_path / "nope.faiss")
-    path = tmp_path / "index.faiss"
-    built["ivfsq8"].save(path)
-    good = path.read_bytes()
-    cases = {
-        "garbage": b"hello world" * 10,
-        "truncated": good[: len(good) // 2],
-        "flipped": good[:5000] + bytes([good[5000] ^ 0xFF]) + good[5001:],
-        "empty": b"",
-    }
-    for name, content in cases.items():
-        path.write_bytes(content)
-        with pytest.raises(IndexFileError):
-            VectorIndex.load(path)
-        assert name
-
-
 def test_bad_inputs(data):
     ids, x = data
     with pytest.raises(IndexKindError):
@@ -264,9 +209,8 @@ def test_connected_components_groups_chains():
     ids = np.array([10, 20, 30, 40, 50, 60], np.int64)
     labels = connected_components(np.array([10, 20, 50]), np.array([20, 30, 60]), ids)
     assert labels.tolist() == [0, 0, 0, 1, 2, 2]
-    assert connected_components(np.empty(0, np.int64), np.empty(0, np.int64), ids).tolist() == [
-        0, 1, 2, 3, 4, 5,
-    ]
+    no_edges = np.empty(0, np.int64)
+    assert connected_components(no_edges, no_edges, ids).tolist() == [0, 1, 2, 3, 4, 5]
     # a long chain given in scrambled order, plus a star
     n = 1000
     chain = np.random.default_rng(0).permutation(n - 1)
@@ -285,3 +229,57 @@ def test_choose_kind_thresholds():
     assert choose_kind(vi.FLAT_MAX_N + 1) == vi.AUTO_APPROX_KIND == "ivfsq8"
     assert choose_kind(1_000_000) == "ivfsq8"
     assert VectorIndex.build(np.arange(5), clustered(5), "auto").kind == "flat"
+
+
+# smallest sizes each kind accepts (and a few above), with the nlist FAISS gets by default
+SMALL_BUILDS = [
+    ("flat", 1, {}),
+    ("hnsw", 1, {}),
+    ("hnsw", 5, {}),
+    ("ivfsq8", 1, {}),
+    ("ivfsq8", 38, {}),  # one list: its centroid is the mean, no k-means
+    ("ivfsq8", 78, {}),  # two lists, 39 points each: the first k-means
+    ("ivfsq8", 156, {"nlist": 4}),
+    ("ivfpq", vi.PQ_MIN_VECTORS, {}),
+]
+
+
+@pytest.mark.parametrize(("kind", "n", "args"), SMALL_BUILDS)
+def test_small_builds_print_nothing(capfd, kind, n, args):
+    """FAISS's C++ warnings ("WARNING clustering 30 points to 1 centroids ...") go straight to
+    fd 2; sizes are checked before training so a user never sees them."""
+    x = clustered(n, D, clusters=max(1, min(n // 40, 20)), seed=n)
+    index = VectorIndex.build(np.arange(n) + 100, x, kind, **args)
+    assert index.ntotal == n and vi.min_vectors(kind) <= n
+    _, found = index.search(x[:1], 1)
+    assert found[0, 0] == 100 or kind == "ivfpq"
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("kind", "n", "args", "error", "message"),
+    [
+        ("ivfpq", vi.PQ_MIN_VECTORS - 1, {}, IndexKindError, f"at least {vi.PQ_MIN_VECTORS}"),
+        ("ivfpq", 300, {"nlist": 1}, IndexKindError, f"at least {vi.PQ_MIN_VECTORS}"),
+        ("ivfsq8", 0, {}, IndexKindError, "at least 1 "),
+        ("ivfsq8", 200, {"nlist": 8}, IndexInputError, "nlist=8 needs at least 312"),
+    ],
+)
+def test_too_few_vectors_fail_before_training(capfd, monkeypatch, kind, n, args, error, message):
+    import faiss
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained although the build must be refused")
+
+    for name in ("Clustering", "IndexIVFPQ", "IndexIVFScalarQuantizer", "IndexFlatIP"):
+        monkeypatch.setattr(faiss, name, never)
+    with pytest.raises(error, match=message):
+        VectorIndex.build(np.arange(n), clustered(n, D) if n else np.empty((0, D)), kind, **args)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_min_vectors():
+    assert [vi.min_vectors(k) for k in INDEX_KINDS] == [0, 0, 1, 39 * 256]
+    with pytest.raises(IndexKindError):
+        vi.min_vectors("lsh")
