@@ -70,9 +70,7 @@ class Committer:
     def commit(self, actions: Iterable[Action], results: list[EmbedResult[EmbedJob]]) -> None:
         now = datetime.now(UTC)
         actions = list(actions)
-        changes_vectors = bool(results) or any(
-            isinstance(a, Remove | Link) for a in actions
-        )
+        changes_vectors = bool(results) or any(isinstance(a, Remove | Link) for a in actions)
         with self.store.transaction():
             generation = self.store.bump_generation() if changes_vectors else 0
             done = [r for r in results if r.error is None]

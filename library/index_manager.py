@@ -209,7 +209,11 @@ class IndexManager:
             index.add(changes.ids, changes.vectors)
         log.info(
             "%s index caught up from generation %d to %d (%d added, %d removed)",
-            feature, loaded.generation, state.generation, len(changes.ids), len(changes.removed),
+            feature,
+            loaded.generation,
+            state.generation,
+            len(changes.ids),
+            len(changes.removed),
         )
         return _Loaded(index, state.generation, state.token, saved=False)
 

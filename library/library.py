@@ -70,7 +70,7 @@ class Library:
         with write_lock(self.folder, wait=wait):
             yield
 
-    # --- spec -------------------------------------------------------------------------------------
+    # --- spec ---
     @property
     def spec(self) -> EmbeddingSpec | None:
         from vitdex.embedder import EmbeddingSpec
@@ -156,7 +156,7 @@ class Library:
                 )
         return self._embedder
 
-    # --- indexes ----------------------------------------------------------------------------------
+    # --- indexes ---
     def index(self, feature: str = "cls") -> VectorIndex:
         """The feature's FAISS index, current with the database."""
         self.check_feature(feature)
@@ -183,7 +183,7 @@ class Library:
             "params": index.params,
         }  # fmt: skip
 
-    # --- the operations ---------------------------------------------------------------------------
+    # --- the operations ---
     def ingest(
         self,
         paths: Iterable[str | Path],
@@ -247,7 +247,7 @@ class Library:
     def failures(self) -> list[FailedFile]:
         return self.store.images.failures()
 
-    # --- images, for the gallery and the CLI --------------------------------------------------------
+    # --- images, for the gallery and the CLI ---
     def image(self, image_id: int) -> StoredImage:
         image = self.store.images.get(image_id)
         if image is None:
@@ -262,8 +262,13 @@ class Library:
         return self.store.images.folders()
 
     def browse(
-        self, *, under: str | None = None, after: str | None = None, limit: int = 100,
-        probe: str | None = None, label: str | None = None,
+        self,
+        *,
+        under: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        probe: str | None = None,
+        label: str | None = None,
     ) -> tuple[list[StoredImage], int]:
         """A page of images by path after `after` (paging by key), and how many match."""
         page = self.store.images.page(under=under, after=after, limit=limit, probe=probe,

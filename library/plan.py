@@ -216,8 +216,8 @@ class Planner:
             f for f in chunk
             if needs_hash(f, known, self.state) and (f.claims_image or self.sniff(f.path))
         ]  # fmt: skip
-        hashes = dict(zip((f.path for f in todo),
-                          hasher.map(_sha256_or_error, [f.path for f in todo]), strict=True))  # fmt: skip
+        paths_to_hash = [f.path for f in todo]
+        hashes = dict(zip(paths_to_hash, hasher.map(_sha256_or_error, paths_to_hash), strict=True))
         shas = [sha for sha in hashes.values() if isinstance(sha, str)]
         if shas:
             known.holders = self.store.images.holders(shas)

@@ -92,9 +92,7 @@ def _v2_identity(conn: Connection) -> None:
     ).scalar_one_or_none()
     if generation is not None:
         conn.execute(
-            Generation.__table__.insert().values(
-                generation=int(generation), token=uuid.uuid4().hex
-            )
+            Generation.__table__.insert().values(generation=int(generation), token=uuid.uuid4().hex)
         )
     conn.exec_driver_sql(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('library_id', ?)", (uuid.uuid4().hex,)
@@ -154,9 +152,7 @@ def open_engine(folder: Path, *, create: bool) -> tuple[Engine, bool]:
         engine = create_engine(url, poolclass=NullPool)
     else:
         engine = create_engine(f"sqlite:///{path}")
-    event.listen(
-        engine, "connect", lambda c, r: _on_connect(c, r, read_only=read_only)
-    )
+    event.listen(engine, "connect", lambda c, r: _on_connect(c, r, read_only=read_only))
     event.listen(engine, "begin", _begin)
     try:
         migrate(engine, read_only=read_only)

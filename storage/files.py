@@ -31,10 +31,11 @@ class FileIdentity:
 
     def same_file(self, st: os.stat_result) -> bool:
         """Whether `st` (of a regular file, symlinks not followed) is this file, unchanged."""
-        return (
-            stat.S_ISREG(st.st_mode)
-            and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            == (self.device, self.inode, self.size, self.mtime_ns)
+        return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            self.device,
+            self.inode,
+            self.size,
+            self.mtime_ns,
         )
 
 

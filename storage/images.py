@@ -138,7 +138,9 @@ class Images:
         found: dict[str, list[StoredImage]] = {}
         with self.store.snapshot() as s:
             for part in chunks(set(shas)):
-                for image in map(_image, s.execute(_select_images().where(Content.sha256.in_(part)))):
+                for image in map(
+                    _image, s.execute(_select_images().where(Content.sha256.in_(part)))
+                ):
                     found.setdefault(image.sha256, []).append(image)
         return found
 
@@ -208,9 +210,11 @@ class Images:
         if after is not None:
             query = query.where(Image.path > to_db(after))
         if probe is not None:
-            query = query.join(Prediction, Prediction.image_id == Image.id).join(
-                Probe, Probe.id == Prediction.probe_id
-            ).where(Probe.name == probe, Prediction.label == label)
+            query = (
+                query.join(Prediction, Prediction.image_id == Image.id)
+                .join(Probe, Probe.id == Prediction.probe_id)
+                .where(Probe.name == probe, Prediction.label == label)
+            )
         with self.store.snapshot() as s:
             return [_image(r) for r in s.execute(query.order_by(Image.path).limit(limit))]
 
@@ -221,9 +225,11 @@ class Images:
         if under is not None:
             query = query.where(_under(Image.path, under))
         if probe is not None:
-            query = query.join(Prediction, Prediction.image_id == Image.id).join(
-                Probe, Probe.id == Prediction.probe_id
-            ).where(Probe.name == probe, Prediction.label == label)
+            query = (
+                query.join(Prediction, Prediction.image_id == Image.id)
+                .join(Probe, Probe.id == Prediction.probe_id)
+                .where(Probe.name == probe, Prediction.label == label)
+            )
         with self.store.snapshot() as s:
             return s.scalar(query)
 
@@ -236,8 +242,11 @@ class Images:
             if paths is None:
                 rows = s.execute(query.order_by(Failure.path)).all()
             else:
-                rows = [row for part in chunks(paths)
-                        for row in s.execute(query.where(Failure.path.in_(map(to_db, part))))]
+                rows = [
+                    row
+                    for part in chunks(paths)
+                    for row in s.execute(query.where(Failure.path.in_(map(to_db, part))))
+                ]
         return [FailedFile(from_db(r[0]), r[1], r[2], r[3]) for r in rows]
 
     # --- writes (each inside store.transaction()) ----------------------------------------------
@@ -256,9 +265,8 @@ class Images:
         found: dict[str, int] = {}
         with self.store.snapshot() as s:
             for part in chunks(set(shas)):
-                found.update(s.execute(
-                    select(Content.sha256, Content.id).where(Content.sha256.in_(part))
-                ).tuples().all())  # fmt: skip
+                rows = s.execute(select(Content.sha256, Content.id).where(Content.sha256.in_(part)))
+                found.update((sha, i) for sha, i in rows)
         return found
 
     def add(
@@ -329,12 +337,15 @@ class Images:
     @staticmethod
     def _folder_ids(s, folders: set[str]) -> dict[str, int]:
         raw = {to_db(f): f for f in folders}
-        found = dict(s.execute(select(Folder.path, Folder.id).where(Folder.path.in_(list(raw)))).tuples().all())
+        found = {
+            p: i
+            for p, i in s.execute(select(Folder.path, Folder.id).where(Folder.path.in_(list(raw))))
+        }
         missing = [p for p in raw if p not in found]
         if missing:
             rows = s.execute(insert(Folder).returning(Folder.path, Folder.id),
                              [{"path": p} for p in missing])  # fmt: skip
-            found.update(rows.tuples().all())
+            found.update((p, i) for p, i in rows)
         return {raw[p]: i for p, i in found.items()}
 
 

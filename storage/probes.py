@@ -79,8 +79,15 @@ class Probes:
         return None if row is None else _probe(*row)
 
     def save(
-        self, spec: StoredSpec, name: str, *, feature: str, classes: list[str],
-        weights: np.ndarray, bias: np.ndarray, metrics: dict,
+        self,
+        spec: StoredSpec,
+        name: str,
+        *,
+        feature: str,
+        classes: list[str],
+        weights: np.ndarray,
+        bias: np.ndarray,
+        metrics: dict,
     ) -> StoredProbe:
         """Store a probe under `name`, replacing one of that name and its predictions."""
         with self.store.transaction() as s:
@@ -130,10 +137,12 @@ class Probes:
     def labels(self) -> list[tuple[str, str]]:
         """(probe name, label) pairs that have stored predictions."""
         with self.store.snapshot() as s:
-            return [tuple(row) for row in s.execute(
-                select(Probe.name, Prediction.label).join(Prediction, Prediction.probe_id == Probe.id)
+            rows = s.execute(
+                select(Probe.name, Prediction.label)
+                .join(Prediction, Prediction.probe_id == Probe.id)
                 .distinct().order_by(Probe.name, Prediction.label)
-            )]  # fmt: skip
+            )  # fmt: skip
+            return [(name, label) for name, label in rows]
 
     def of_image(self, image_id: int) -> list[StoredPrediction]:
         with self.store.snapshot() as s:

@@ -58,7 +58,11 @@ class Vectors:
             ])  # fmt: skip
 
     def of_images(
-        self, spec: StoredSpec, feature: str, *, after_generation: int | None = None,
+        self,
+        spec: StoredSpec,
+        feature: str,
+        *,
+        after_generation: int | None = None,
         under: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(image ids, vectors) of every image (or those set after a generation), by id."""

@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
 
 from tests.photos import make_photo
 from vitdex.cli.main import main
 from vitdex.library import Library
 from vitdex.library.errors import LibraryBusyError
 from vitdex.library.lock import write_lock
-from vitdex.storage import Content, Failure, Image, Vector
 
 
 def run(*args: str, expect: int = 0) -> dict | str:
@@ -36,8 +34,8 @@ def ingest(library: Path, *paths, model: Path | None = None, extra: tuple = ()) 
 
 
 def image_rows(library: Path) -> dict[str, tuple[int, int]]:
-    with Library.open(library) as lib, lib.sessions() as session:
-        return {r.path: (r.id, r.content_id) for r in session.scalars(select(Image))}
+    with Library.open(library) as lib:
+        return {image.path: (image.id, image.content_id) for image in lib.store.images.under()}
 
 
 def index_ids(library: Path, feature: str = "cls") -> list[int]:
@@ -59,29 +57,25 @@ def test_first_ingest_stores_metadata_vectors_and_index(tiny_model, photo_dir, l
     )
     report = ingest(lib, photo_dir, model=tiny_model)
     assert report["added"] == 5 and report["failed"] == []
-    with Library.open(lib) as library, library.sessions() as session:
-        image = session.scalars(
-            select(Image).where(Image.path == str(photo_dir / "camera.jpg"))
-        ).one()
-        content = session.get(Content, image.content_id)
-        assert (content.width, content.height, content.format) == (300, 200, "JPEG")
-        assert (content.camera_make, content.camera_model) == ("Acme", "Snap 9")
-        assert content.taken_at.startswith("2021-06-01T10:20:30")
+    with Library.open(lib) as library:
+        image = library.store.images.at_path(str(photo_dir / "camera.jpg"))
+        assert (image.width, image.height, image.format) == (300, 200, "JPEG")
+        assert (image.camera_make, image.camera_model) == ("Acme", "Snap 9")
+        assert image.taken_at.startswith("2021-06-01T10:20:30")
         assert image.size == (photo_dir / "camera.jpg").stat().st_size
-        assert len(content.sha256) == 64
-        features = set(
-            session.scalars(select(Vector.feature).where(Vector.content_id == content.id))
-        )
-        assert features == {"cls", "mean"}
+        assert len(image.sha256) == 64
+        spec = library.require_spec()
+        for feature in ("cls", "mean"):
+            assert image.id in library.store.vectors.by_image_ids(spec, feature, [image.id])
     assert index_ids(lib) == sorted(i for i, _ in image_rows(lib).values())
 
 
 def test_rescan_opens_no_unchanged_file_and_loads_no_model(tiny_model, photo_dir, lib, monkeypatch):
     ingest(lib, photo_dir, model=tiny_model)
     opened = []
-    import vitdex.library.ingest as ingest_module
+    import vitdex.library.plan as plan_module
 
-    monkeypatch.setattr(ingest_module, "file_sha256", lambda p: opened.append(p))
+    monkeypatch.setattr(plan_module, "file_sha256", lambda p: opened.append(p))
     with Library.open(lib) as library:
         report = library.ingest([photo_dir])
         assert library._embedder is None  # nothing to embed: the model is never loaded
@@ -98,9 +92,8 @@ def test_changed_file_is_re_embedded_in_place(tiny_model, photo_dir, lib):
     after = image_rows(lib)[str(photo_dir / "photo1.jpg")]
     assert after[0] == before[0] and after[1] != before[1]
     with Library.open(lib) as library:
-        assert library.image_count() == 4
-        with library.sessions() as session:  # the old content, now unused, is gone
-            assert session.scalar(select(func.count()).select_from(Content)) == 4
+        assert library.store.images.count() == 4
+        assert library.store.images.count_contents() == 4  # the old content, unused, is gone
     result = run("search", photo_dir / "photo1.jpg", "--library", lib, "--json")
     assert len(result["results"]) == 3
 
@@ -136,8 +129,8 @@ def test_deleted_file_leaves_library_and_index(tiny_model, photo_dir, lib):
     assert report["removed"] == 1
     assert str(photo_dir / "photo2.jpg") not in image_rows(lib)
     assert gone_id not in index_ids(lib)
-    with Library.open(lib) as library, library.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(Content)) == 3
+    with Library.open(lib) as library:
+        assert library.store.images.count_contents() == 3
 
 
 def test_identical_copies_are_two_images_computed_once(tiny_model, photo_dir, lib, monkeypatch):
@@ -146,8 +139,8 @@ def test_identical_copies_are_two_images_computed_once(tiny_model, photo_dir, li
     rows = image_rows(lib)
     assert len(rows) == 5
     assert rows[str(photo_dir / "photo0.jpg")][1] == rows[str(photo_dir / "copy-of-photo0.jpg")][1]
-    with Library.open(lib) as library, library.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(Content)) == 4
+    with Library.open(lib) as library:
+        assert library.store.images.count_contents() == 4
     # a later copy of a stored photo is linked, not embedded
     shutil.copy(photo_dir / "photo1.jpg", photo_dir / "later-copy.jpg")
     with Library.open(lib) as library:
@@ -216,8 +209,8 @@ def test_hostile_files_are_reported_recorded_and_never_stop_the_run(tiny_model, 
     assert "folder" in failed["folder.jpg"]
     assert "bomb" in failed["bomb.png"].lower() or "pixels" in failed["bomb.png"].lower()
     assert report["added"] == 6  # 4 photos + the one inside folder.jpg + the JPEG named .dat
-    with Library.open(lib) as library, library.sessions() as session:
-        assert set(session.scalars(select(Failure.path))) == {str(bad / n) for n in failed}
+    with Library.open(lib) as library:
+        assert {f.path for f in library.failures()} == {str(bad / n) for n in failed}
     status = run("status", "--library", lib, "--json")
     assert {Path(f["path"]).name for f in status["failed"]} == set(failed)
     # unchanged bad files are not retried; a fixed one is ingested and leaves the failure list
