@@ -667,7 +667,7 @@ class VectorIndex:
                     return cls._open(path, pending, mmap, verify)
                 except _NotThePair as e:
                     reason = str(e)
-        raise IndexFileError(f"index file {path} does not match its sidecar: {reason}")
+        raise IndexFileError(_not_the_pair_message(path, reason))
 
     @classmethod
     def _open(cls, path: Path, sidecar: dict[str, Any], mmap: bool, verify: bool) -> VectorIndex:
@@ -683,11 +683,7 @@ class VectorIndex:
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
-                token = _read_tag(f, st.st_size)
-                if token != sidecar["token"]:
-                    raise _NotThePair(token, f"token {token}, sidecar says {sidecar['token']}")
-                if st.st_size != sidecar["bytes"]:
-                    raise _NotThePair(token, f"{st.st_size} bytes, sidecar says {sidecar['bytes']}")
+                _check_pair(f, st.st_size, sidecar)
                 if verify and _crc(f, st.st_size - _TAG.size) != sidecar["crc32"]:
                     raise IndexFileError(f"corrupt index file {path}: checksum mismatch")
                 flags = _mmap_flags(kind) if mmap else 0
@@ -762,8 +758,23 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Alias of `read_sidecar`, for callers of the former single-file format's header."""
-    return read_sidecar(path)
+    """`read_sidecar`, plus a cheap check (size and tag, no FAISS) that the index file is the one
+    the sidecar describes; for reports such as `status` that must notice a damaged file."""
+    path = Path(path)
+    sidecar = read_sidecar(path)
+    try:
+        with open(path, "rb") as f:
+            _check_pair(f, os.fstat(f.fileno()).st_size, sidecar)
+    except FileNotFoundError:
+        raise IndexFileError(f"index file not found: {path}") from None
+    except OSError as e:
+        raise IndexFileError(f"cannot read index file {path}: {e.strerror or e}") from e
+    except _NotThePair as e:
+        pending = _pending_sidecar(path, e.token) if e.token else None
+        if pending is None:
+            raise IndexFileError(_not_the_pair_message(path, str(e))) from None
+        return pending
+    return sidecar
 
 
 def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -792,6 +803,19 @@ def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
         _fsync_dir(folder)
         log.info("removed %d temp file(s) of interrupted index saves in %s", len(removed), folder)
     return removed
+
+
+def _check_pair(f: BinaryIO, size: int, sidecar: dict[str, Any]) -> None:
+    """Raise _NotThePair unless the open index file `f` of `size` bytes is the sidecar's."""
+    token = _read_tag(f, size)
+    if token != sidecar["token"]:
+        raise _NotThePair(token, f"its token is {token}, the sidecar's {sidecar['token']}")
+    if size != sidecar["bytes"]:
+        raise _NotThePair(token, f"{size} bytes, the sidecar says {sidecar['bytes']}")
+
+
+def _not_the_pair_message(path: Path, reason: str) -> str:
+    return f"corrupt index file {path}: it does not match its sidecar ({reason})"
 
 
 def _parse_sidecar(side: Path, raw: bytes) -> dict[str, Any]:

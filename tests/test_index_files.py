@@ -183,6 +183,15 @@ DAMAGE = {
 }
 
 
+CHEAP = {
+    "index file not found",
+    "index sidecar not found",
+    "does not match its sidecar",
+    "not JSON",
+    "unsupported index sidecar",
+}
+
+
 @pytest.mark.parametrize("case", DAMAGE)
 def test_damaged_pair_is_refused_in_one_line(built, tmp_path, case):
     path, other = tmp_path / "index.faiss", tmp_path / "other.faiss"
@@ -194,6 +203,11 @@ def test_damaged_pair_is_refused_in_one_line(built, tmp_path, case):
             VectorIndex.load(path, mmap=mmap)
         message = str(caught.value)
         assert "\n" not in message and "index.faiss" in message
+    if DAMAGE[case] in CHEAP:  # what status sees without FAISS
+        with pytest.raises(IndexFileError, match=DAMAGE[case]):
+            read_header(path)
+    else:
+        assert read_header(path)["ntotal"] == N
 
 
 def test_verify_finds_a_flipped_byte(built, tmp_path):
