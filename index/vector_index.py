@@ -589,6 +589,7 @@ class VectorIndex:
         the two renames leaves the new index file and its complete sidecar temp file, which
         `load` and `remove_temp_files` roll forward; at any other moment the old or the new
         pair is in place. A mapped index is copied into memory first (see `_own`).
+        IndexFileError when a file cannot be written (the previous pair is then untouched).
         """
         import faiss
 
@@ -628,10 +629,12 @@ class VectorIndex:
             os.replace(data_tmp, path)
             renamed = True
             os.replace(side_tmp, side)
-        except BaseException:
+        except BaseException as e:
             data_tmp.unlink(missing_ok=True)
             if not renamed:  # after the first rename the sidecar temp is the new pair's half
                 side_tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):  # disk full, read-only folder, ...
+                raise IndexFileError(f"cannot write index file {path}: {e.strerror or e}") from e
             raise
         _fsync_dir(path.parent)
         log.info("saved %s index (%d vectors) to %s", self.kind, self.ntotal, path)
@@ -688,7 +691,13 @@ class VectorIndex:
                     raise IndexFileError(f"corrupt index file {path}: checksum mismatch")
                 flags = _mmap_flags(kind) if mmap else 0
                 try:
-                    index = faiss.read_index(str(path), flags)
+                    try:
+                        index = faiss.read_index(str(path), flags)
+                    except RuntimeError:
+                        if not flags:
+                            raise
+                        log.debug("cannot map %s; reading it instead", path, exc_info=True)
+                        index = faiss.read_index(str(path))
                 except RuntimeError as e:
                     reason = str(e).strip().splitlines()[-1][:200]
                     raise IndexFileError(
@@ -721,7 +730,16 @@ SIDECAR_SUFFIX = ".json"
 _TAG_MAGIC = b"VDXTAG02"
 _TAG = struct.Struct("<8s8s")  # magic, random token (also in the sidecar)
 _TEMP = re.compile(r"\.tmp-\d+-(?P<token>[0-9a-f]{16})$")
-_SIDECAR_KEYS = ("format", "kind", "dim", "ntotal", "params", "bytes", "crc32", "token", "meta")
+_SIDECAR_KEYS = {
+    "kind": str,
+    "dim": int,
+    "ntotal": int,
+    "params": dict,
+    "bytes": int,
+    "crc32": int,
+    "token": str,
+    "meta": dict,
+}
 _LOAD_ATTEMPTS = 3
 
 
@@ -785,6 +803,8 @@ def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     (under the library's write lock): it would delete a running save's temp files.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        return []
     removed = []
     for temp in sorted(folder.iterdir()):
         match = _TEMP.search(temp.name)
@@ -826,13 +846,11 @@ def _parse_sidecar(side: Path, raw: bytes) -> dict[str, Any]:
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT_VERSION:
         found = sidecar.get("format") if isinstance(sidecar, dict) else None
         raise IndexFileError(f"unsupported index sidecar {side}: format {found!r}")
-    missing = [k for k in _SIDECAR_KEYS if k not in sidecar]
-    if missing or sidecar["kind"] not in INDEX_KINDS:
-        raise IndexFileError(
-            f"corrupt index sidecar {side}: missing {missing}"
-            if missing
-            else f"corrupt index sidecar {side}: unknown kind {sidecar['kind']!r}"
-        )
+    wrong = [k for k, t in _SIDECAR_KEYS.items() if not isinstance(sidecar.get(k), t)]
+    if wrong:
+        raise IndexFileError(f"corrupt index sidecar {side}: missing or invalid {wrong}")
+    if sidecar["kind"] not in INDEX_KINDS:
+        raise IndexFileError(f"corrupt index sidecar {side}: unknown kind {sidecar['kind']!r}")
     return sidecar
 
 
