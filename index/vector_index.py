@@ -710,14 +710,12 @@ class VectorIndex:
             raise IndexFileError(f"cannot read index file {path}: {e.strerror or e}") from e
         if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
             raise _NotThePair(None, "replaced while loading")
-        if (
-            not _is_kind(index, kind)
-            or index.d != sidecar["dim"]
-            or (index.ntotal != sidecar["ntotal"])
-        ):
+        expected = (sidecar["ntotal"], sidecar["dim"])
+        if not _is_kind(index, kind) or (index.ntotal, index.d) != expected:
             raise IndexFileError(
-                f"index file {path} holds a {type(index).__name__} of {index.ntotal} x {index.d}, "
-                f"its sidecar says {kind} of {sidecar['ntotal']} x {sidecar['dim']}"
+                f"corrupt index file {path}: it holds a {type(index).__name__} of "
+                f"{index.ntotal} x {index.d}, its sidecar says {kind} of "
+                f"{sidecar['ntotal']} x {sidecar['dim']}"
             )
         self = cls(index, kind, sidecar["dim"], sidecar["params"])
         self._mapped = _is_mapped(index, kind)
@@ -828,10 +826,11 @@ def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
 def _check_pair(f: BinaryIO, size: int, sidecar: dict[str, Any]) -> None:
     """Raise _NotThePair unless the open index file `f` of `size` bytes is the sidecar's."""
     token = _read_tag(f, size)
-    if token != sidecar["token"]:
-        raise _NotThePair(token, f"its token is {token}, the sidecar's {sidecar['token']}")
     if size != sidecar["bytes"]:
         raise _NotThePair(token, f"{size} bytes, the sidecar says {sidecar['bytes']}")
+    if token != sidecar["token"]:
+        mine = f"token {token}" if token else "no end tag"
+        raise _NotThePair(token, f"{mine}, the sidecar's token is {sidecar['token']}")
 
 
 def _not_the_pair_message(path: Path, reason: str) -> str:
