@@ -10,7 +10,8 @@ class VectorIndexError(VitdexError):
 
 
 class IndexFileError(VectorIndexError):
-    """An index file is missing, truncated, corrupt or of an unknown format."""
+    """An index file or its sidecar is missing, truncated, corrupt, of an unknown format, not
+    the pair's other half, or cannot be written."""
 
 
 class IndexKindError(VectorIndexError):

@@ -589,6 +589,7 @@ class VectorIndex:
         the two renames leaves the new index file and its complete sidecar temp file, which
         `load` and `remove_temp_files` roll forward; at any other moment the old or the new
         pair is in place. A mapped index is copied into memory first (see `_own`).
+        IndexFileError when a file cannot be written (the previous pair is then untouched).
         """
         import faiss
 
@@ -628,10 +629,12 @@ class VectorIndex:
             os.replace(data_tmp, path)
             renamed = True
             os.replace(side_tmp, side)
-        except BaseException:
+        except BaseException as e:
             data_tmp.unlink(missing_ok=True)
             if not renamed:  # after the first rename the sidecar temp is the new pair's half
                 side_tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):  # disk full, read-only folder, ...
+                raise IndexFileError(f"cannot write index file {path}: {e.strerror or e}") from e
             raise
         _fsync_dir(path.parent)
         log.info("saved %s index (%d vectors) to %s", self.kind, self.ntotal, path)
@@ -667,7 +670,7 @@ class VectorIndex:
                     return cls._open(path, pending, mmap, verify)
                 except _NotThePair as e:
                     reason = str(e)
-        raise IndexFileError(f"index file {path} does not match its sidecar: {reason}")
+        raise IndexFileError(_not_the_pair_message(path, reason))
 
     @classmethod
     def _open(cls, path: Path, sidecar: dict[str, Any], mmap: bool, verify: bool) -> VectorIndex:
@@ -683,16 +686,18 @@ class VectorIndex:
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
-                token = _read_tag(f, st.st_size)
-                if token != sidecar["token"]:
-                    raise _NotThePair(token, f"token {token}, sidecar says {sidecar['token']}")
-                if st.st_size != sidecar["bytes"]:
-                    raise _NotThePair(token, f"{st.st_size} bytes, sidecar says {sidecar['bytes']}")
+                _check_pair(f, st.st_size, sidecar)
                 if verify and _crc(f, st.st_size - _TAG.size) != sidecar["crc32"]:
                     raise IndexFileError(f"corrupt index file {path}: checksum mismatch")
                 flags = _mmap_flags(kind) if mmap else 0
                 try:
-                    index = faiss.read_index(str(path), flags)
+                    try:
+                        index = faiss.read_index(str(path), flags)
+                    except RuntimeError:
+                        if not flags:
+                            raise
+                        log.debug("cannot map %s; reading it instead", path, exc_info=True)
+                        index = faiss.read_index(str(path))
                 except RuntimeError as e:
                     reason = str(e).strip().splitlines()[-1][:200]
                     raise IndexFileError(
@@ -705,14 +710,12 @@ class VectorIndex:
             raise IndexFileError(f"cannot read index file {path}: {e.strerror or e}") from e
         if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
             raise _NotThePair(None, "replaced while loading")
-        if (
-            not _is_kind(index, kind)
-            or index.d != sidecar["dim"]
-            or (index.ntotal != sidecar["ntotal"])
-        ):
+        expected = (sidecar["ntotal"], sidecar["dim"])
+        if not _is_kind(index, kind) or (index.ntotal, index.d) != expected:
             raise IndexFileError(
-                f"index file {path} holds a {type(index).__name__} of {index.ntotal} x {index.d}, "
-                f"its sidecar says {kind} of {sidecar['ntotal']} x {sidecar['dim']}"
+                f"corrupt index file {path}: it holds a {type(index).__name__} of "
+                f"{index.ntotal} x {index.d}, its sidecar says {kind} of "
+                f"{sidecar['ntotal']} x {sidecar['dim']}"
             )
         self = cls(index, kind, sidecar["dim"], sidecar["params"])
         self._mapped = _is_mapped(index, kind)
@@ -725,7 +728,16 @@ SIDECAR_SUFFIX = ".json"
 _TAG_MAGIC = b"VDXTAG02"
 _TAG = struct.Struct("<8s8s")  # magic, random token (also in the sidecar)
 _TEMP = re.compile(r"\.tmp-\d+-(?P<token>[0-9a-f]{16})$")
-_SIDECAR_KEYS = ("format", "kind", "dim", "ntotal", "params", "bytes", "crc32", "token", "meta")
+_SIDECAR_KEYS = {
+    "kind": str,
+    "dim": int,
+    "ntotal": int,
+    "params": dict,
+    "bytes": int,
+    "crc32": int,
+    "token": str,
+    "meta": dict,
+}
 _LOAD_ATTEMPTS = 3
 
 
@@ -762,8 +774,23 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Alias of `read_sidecar`, for callers of the former single-file format's header."""
-    return read_sidecar(path)
+    """`read_sidecar`, plus a cheap check (size and tag, no FAISS) that the index file is the one
+    the sidecar describes; for reports such as `status` that must notice a damaged file."""
+    path = Path(path)
+    sidecar = read_sidecar(path)
+    try:
+        with open(path, "rb") as f:
+            _check_pair(f, os.fstat(f.fileno()).st_size, sidecar)
+    except FileNotFoundError:
+        raise IndexFileError(f"index file not found: {path}") from None
+    except OSError as e:
+        raise IndexFileError(f"cannot read index file {path}: {e.strerror or e}") from e
+    except _NotThePair as e:
+        pending = _pending_sidecar(path, e.token) if e.token else None
+        if pending is None:
+            raise IndexFileError(_not_the_pair_message(path, str(e))) from None
+        return pending
+    return sidecar
 
 
 def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -774,6 +801,8 @@ def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     (under the library's write lock): it would delete a running save's temp files.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        return []
     removed = []
     for temp in sorted(folder.iterdir()):
         match = _TEMP.search(temp.name)
@@ -794,6 +823,20 @@ def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def _check_pair(f: BinaryIO, size: int, sidecar: dict[str, Any]) -> None:
+    """Raise _NotThePair unless the open index file `f` of `size` bytes is the sidecar's."""
+    token = _read_tag(f, size)
+    if size != sidecar["bytes"]:
+        raise _NotThePair(token, f"{size} bytes, the sidecar says {sidecar['bytes']}")
+    if token != sidecar["token"]:
+        mine = f"token {token}" if token else "no end tag"
+        raise _NotThePair(token, f"{mine}, the sidecar's token is {sidecar['token']}")
+
+
+def _not_the_pair_message(path: Path, reason: str) -> str:
+    return f"corrupt index file {path}: it does not match its sidecar ({reason})"
+
+
 def _parse_sidecar(side: Path, raw: bytes) -> dict[str, Any]:
     try:
         sidecar = json.loads(raw)
@@ -802,13 +845,11 @@ def _parse_sidecar(side: Path, raw: bytes) -> dict[str, Any]:
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT_VERSION:
         found = sidecar.get("format") if isinstance(sidecar, dict) else None
         raise IndexFileError(f"unsupported index sidecar {side}: format {found!r}")
-    missing = [k for k in _SIDECAR_KEYS if k not in sidecar]
-    if missing or sidecar["kind"] not in INDEX_KINDS:
-        raise IndexFileError(
-            f"corrupt index sidecar {side}: missing {missing}"
-            if missing
-            else f"corrupt index sidecar {side}: unknown kind {sidecar['kind']!r}"
-        )
+    wrong = [k for k, t in _SIDECAR_KEYS.items() if not isinstance(sidecar.get(k), t)]
+    if wrong:
+        raise IndexFileError(f"corrupt index sidecar {side}: missing or invalid {wrong}")
+    if sidecar["kind"] not in INDEX_KINDS:
+        raise IndexFileError(f"corrupt index sidecar {side}: unknown kind {sidecar['kind']!r}")
     return sidecar
 
 

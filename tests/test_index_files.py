@@ -159,6 +159,9 @@ def damage(path: Path, other: Path, case: str) -> None:
         side.write_text(json.dumps({"format": 1, "kind": "flat"}))
     elif case == "sidecar of another index":
         shutil.copy(sidecar_path(other), side)
+    elif case == "sidecar without params":
+        sidecar = json.loads(side.read_text())
+        side.write_text(json.dumps(sidecar | {"params": None}))
     elif case == "sidecar names another kind":
         sidecar = json.loads(side.read_text())
         side.write_text(json.dumps(sidecar | {"kind": "flat"}))
@@ -178,8 +181,19 @@ DAMAGE = {
     "sidecar garbage": "not JSON",
     "sidecar of the old format": "unsupported index sidecar",
     "sidecar of another index": "does not match its sidecar",
+    "sidecar without params": r"invalid \['params'\]",
     "sidecar names another kind": "IndexIVFScalarQuantizer",
     "index of another pair": "does not match its sidecar",
+}
+
+
+CHEAP = {
+    "index file not found",
+    "index sidecar not found",
+    "does not match its sidecar",
+    "not JSON",
+    "unsupported index sidecar",
+    r"invalid \['params'\]",
 }
 
 
@@ -194,6 +208,11 @@ def test_damaged_pair_is_refused_in_one_line(built, tmp_path, case):
             VectorIndex.load(path, mmap=mmap)
         message = str(caught.value)
         assert "\n" not in message and "index.faiss" in message
+    if DAMAGE[case] in CHEAP:  # what status sees without FAISS
+        with pytest.raises(IndexFileError, match=DAMAGE[case]):
+            read_header(path)
+    else:
+        assert read_header(path)["ntotal"] == N
 
 
 def test_verify_finds_a_flipped_byte(built, tmp_path):
@@ -222,7 +241,7 @@ def test_failed_save_keeps_the_previous_pair(built, data, tmp_path, monkeypatch)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(vi, "_write_chunk", fail_midway)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(IndexFileError, match="cannot write index file .*index.faiss: No space"):
         VectorIndex.build(ids[:100], x[:100], "flat").save(path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # temp removed
     assert VectorIndex.load(path).ntotal == N
