@@ -87,6 +87,8 @@ def ingest(
         )
         + f", {len(report.failed)} failed"
     )
+    if report.failed_earlier:
+        click.echo(f"{len(report.failed_earlier)} failed earlier (unchanged since; see status)")
     for failure in report.failed:
         click.echo(f"  failed: {failure['path']}: {failure['error']}")
 
@@ -110,6 +112,7 @@ def ingest(
     help="With --label: only images this probe labelled L (`probe predict NAME --all`).",
 )
 @click.option("--label", default=None, help="The label --probe must have given.")
+@click.option("--paths-only", is_flag=True, help="Print only the paths, one per line (for pipes).")
 @json_option
 def search(
     image,
@@ -123,12 +126,13 @@ def search(
     under,
     probe_name,
     label,
+    paths_only,
     as_json,
 ):
     """Images that look like IMAGE, most similar first (cosine similarity).
 
     IMAGE may be in the library (its stored vector is used and it is left out of the results)
-    or any image file (embedded on the fly).
+    or any image file (embedded on the fly). Each result is a line "SCORE<TAB>PATH".
     """
     from vitdex.library.search import search as run_search
 
@@ -155,10 +159,13 @@ def search(
     if as_json:
         emit_json(data)
         return
+    from vitdex.storage import display
+
     if not data["results"]:
-        click.echo("no results")
+        click.echo("no results", err=True)
     for hit in data["results"]:
-        click.echo(f"{hit['score']:.4f}  {hit['path']}")
+        path = display(hit["path"])
+        click.echo(path if paths_only else f"{hit['score']:.4f}\t{path}")
 
 
 @click.command()

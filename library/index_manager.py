@@ -51,6 +51,10 @@ class _Loaded:
     saved: bool  # a file with exactly this content exists
 
 
+class IndexSaveError(LibraryError):
+    """An index file could not be written (full disk, read-only folder)."""
+
+
 class IndexManager:
     """Keeps each feature's FAISS index in step with the store."""
 
@@ -88,9 +92,15 @@ class IndexManager:
                 entry.update(file=str(file.path), error=f"{exc} (rebuilt on the next ingest)")
                 return entry
             meta = sidecar.get("meta", {})
+            size = file.path.stat().st_size if file.path.exists() else None
+            if size != sidecar.get("bytes"):
+                entry.update(file=str(file.path), error=f"{file.path.name} is corrupt or"
+                             f" incomplete: {size} bytes, its sidecar says {sidecar.get('bytes')}"
+                             " (rebuilt on the next ingest)")  # fmt: skip
+                return entry
             entry.update(
                 file=str(file.path), kind=sidecar["kind"], vectors=sidecar["ntotal"],
-                bytes=file.path.stat().st_size, params=sidecar["params"],
+                bytes=size, params=sidecar["params"],
                 up_to_date=self._matches(meta, state) and meta.get("generation") == state.generation
                 and meta.get("count") == state.count and meta.get("id_sum") == state.id_sum,
             )  # fmt: skip
@@ -119,6 +129,8 @@ class IndexManager:
             if lock is not None:
                 try:
                     self._save(feature, loaded, state)
+                except LibraryError as exc:  # a reader answers from memory all the same
+                    log.warning("%s", exc)
                 finally:
                     lock.release()
         return loaded.index
@@ -235,15 +247,25 @@ class IndexManager:
         return "nlist" in index.params and default_nlist(count) > 2 * index.params["nlist"]
 
     def _save(self, feature: str, loaded: _Loaded, state: LibraryState) -> None:
+        from vitdex.index.errors import IndexFileError
+
         spec = self._spec()
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{feature}.g{loaded.generation}.faiss"
         ids = loaded.index.ids()
-        loaded.index.save(path, meta={
-            "library_id": state.library_id, "generation": loaded.generation,
-            "token": loaded.token, "count": int(len(ids)), "id_sum": int(ids.sum()),
-            "spec_key": spec.key, "feature": feature,
-        })  # fmt: skip
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            loaded.index.save(path, meta={
+                "library_id": state.library_id, "generation": loaded.generation,
+                "token": loaded.token, "count": int(len(ids)), "id_sum": int(ids.sum()),
+                "spec_key": spec.key, "feature": feature,
+            })  # fmt: skip
+        except (OSError, IndexFileError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise IndexSaveError(
+                f"cannot write the {feature} index in {self.folder} ({reason})."
+                " The database is saved and searches stay correct (they catch up in memory);"
+                " fix the folder and run `vitdex index rebuild` or the next ingest"
+            ) from None
         loaded.saved = True
 
     def _clean(self, feature: str, *, keep: int) -> None:

@@ -10,12 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from tests.photos import make_photo
-from vitdex.index.sync import index_files
 from vitdex.library import Library
-from vitdex.storage import Content, Image
 
 PHOTOS = 160
 SCRIPT = """
@@ -72,16 +68,16 @@ def test_kill_minus_nine_mid_ingest_then_resume(tiny_model, tmp_path):
         report = library.ingest([photos])
         assert report.added == PHOTOS - second and report.unchanged == second
         assert report.failed == [] and report.removed == 0
-        with library.sessions() as session:
-            paths = list(session.scalars(select(Image.path)))
-            assert len(paths) == len(set(paths)) == PHOTOS
-            assert session.scalar(select(func.count()).select_from(Content)) == PHOTOS
-            db_ids = sorted(session.scalars(select(Image.id)))
-        for feature in ("cls",):
-            ((generation, path),) = index_files(library, feature)
-            assert generation == library.generation()
-            from vitdex.index.vector_index import VectorIndex
+        images = list(library.store.images.under())
+        paths = [image.path for image in images]
+        assert len(paths) == len(set(paths)) == PHOTOS
+        assert library.store.images.count_contents() == PHOTOS
+        db_ids = sorted(image.id for image in images)
+        from vitdex.index.vector_index import VectorIndex
 
-            assert sorted(VectorIndex.load(path).ids().tolist()) == db_ids
+        for feature in ("cls", "mean"):  # the ingest brings every stored feature up to date
+            (file,) = library.indexes.files(feature)
+            assert file.generation == library.store.generation()
+            assert sorted(VectorIndex.load(file.path).ids().tolist()) == db_ids
         again = library.ingest([photos])
         assert (again.added, again.unchanged) == (0, PHOTOS)

@@ -10,7 +10,6 @@ import pytest
 
 from tests.photos import make_photo
 from tests.test_ingest import image_rows, index_ids, ingest, run
-from vitdex.index.sync import index_files, stored_vectors
 from vitdex.library import Library
 
 
@@ -29,7 +28,7 @@ def library(tiny_model, tmp_path):
 
 def exact_ranking(lib, query_path, feature="cls"):
     with Library.open(lib) as library:
-        ids, vectors = stored_vectors(library, feature)
+        ids, vectors = library.store.vectors.of_images(library.require_spec(), feature)
     rows = image_rows(lib)
     query_id = rows[str(query_path)][0]
     scores = vectors @ vectors[list(ids).index(query_id)]
@@ -153,7 +152,8 @@ def test_index_rebuild_and_eval(library, kind):
 def test_missing_or_corrupt_index_file_is_rebuilt_from_sqlite(library):
     lib, photos = library
     with Library.open(lib) as library_:
-        ((_, path),) = index_files(library_, "cls")
+        (file,) = library_.indexes.files("cls")
+        path = file.path
     path.write_bytes(b"not an index")
     result = run("search", photos / "p1.jpg", "--library", lib, "--json")
     assert len(result["results"]) == 10
@@ -203,7 +203,8 @@ def test_status_reads_only_index_headers_and_survives_a_corrupt_file(library):
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     with Library.open(lib) as library_:
-        ((_, path),) = index_files(library_, "cls")
+        (file,) = library_.indexes.files("cls")
+        path = file.path
     path.write_bytes(b"not an index")
     data = run("status", "--library", lib, "--json")
     assert "corrupt" in data["index"]["cls"]["error"]
