@@ -13,7 +13,8 @@ DIR/.complete and is reused by later runs (building 1M takes minutes).
 Each command runs as `vitdex ...` from this venv in a fresh child process, timed from spawn to
 exit with time.perf_counter; its peak RSS is ru_maxrss from os.wait4, both taken by a small
 launcher process (see LAUNCHER). The index files are removed before measuring, so every run starts
-from the library as populate leaves it; page caches stay warm (nothing is dropped). The table goes to stdout and bench/out/core-<label>.md.
+from the library as populate leaves it; page caches stay warm (nothing is dropped). The table goes
+to stdout and bench/out/core-<label>.md.
 """
 
 from __future__ import annotations
