@@ -2,13 +2,13 @@
 
     python bench/core.py [--images 1000000] [--folder DIR] [--label NAME] [--runs 5]
 
-The library is built cheaply by `populate`: rows inserted through the storage models in large
-Core executemany batches (no model runs), N images with 768-d vectors for both features (cls and
-mean) drawn from bench/search.py's clustered, overlapping distribution. 50 of them are real small
-JPEGs under DIR/photos (rows carry their true size, mtime and sha256), so an ingest of that folder
-finds 50 unchanged files; the others point at paths under DIR/missing that do not exist. The
-spec names a fake model: no command measured here loads one. A finished build leaves
-DIR/.complete and is reused by later runs (building 1M takes minutes).
+The library is built cheaply by `populate`: rows written through the Store (vitdex.storage) in
+large batches, one transaction each (no model runs), N images with 768-d vectors for both
+features (cls and mean) drawn from bench/search.py's clustered, overlapping distribution. 50 of
+them are real small JPEGs under DIR/photos (rows carry their true size, mtime, device, inode and
+sha256), so an ingest of that folder finds 50 unchanged files; the others point at paths under
+DIR/missing that do not exist. The spec names a fake model: no command measured here loads one.
+A finished build leaves DIR/.complete and is reused by later runs (building 1M takes minutes).
 
 Each command runs as `vitdex ...` from this venv in a fresh child process, timed from spawn to
 exit with time.perf_counter; its peak RSS is ru_maxrss from os.wait4, both taken by a small
@@ -71,13 +71,11 @@ def real_photos(folder: Path, count: int = REAL) -> list[Path]:
 def populate(library_folder: Path, n: int, *, photos: Path, missing: Path) -> None:
     """A new library of n images: REAL files from `photos`, the rest at paths under `missing`.
 
-    The only function that knows how rows are stored; swap it when the storage API changes.
+    The only function that knows how rows are stored: it writes through the Store, one
+    transaction per BATCH images, as an ingest's commit stage does.
     """
-    from sqlalchemy import insert
-
     from vitdex.embedder import EmbeddingSpec
-    from vitdex.library import Library
-    from vitdex.storage import Content, Image, Vector
+    from vitdex.storage import FileIdentity, NewContent, Store
 
     spec = EmbeddingSpec(
         model_id=MODEL_ID,
@@ -90,62 +88,41 @@ def populate(library_folder: Path, n: int, *, photos: Path, missing: Path) -> No
     if n < len(reals):
         raise SystemExit(f"--images must be at least {len(reals)}")
     now = datetime.now(UTC)
-    with Library.open(library_folder, create=True) as library:
-        spec_id = library.bind_spec(spec).id
-        with library.sessions.begin() as session:
-            generation = library.next_generation(session)
+    store = Store(library_folder, create=True)
+    try:
+        stored_spec = store.bind_spec(spec.key, MODEL_ID, "bench", DIM, spec.to_dict())
         for batch_no, start in enumerate(range(0, n, BATCH)):
             stop = min(start + BATCH, n)
             cls = make_vectors(stop - start, seed=CLS_SEED + batch_no)
             mean = make_vectors(stop - start, seed=MEAN_SEED + batch_no)
-            contents, images, vectors = [], [], []
-            for offset, i in enumerate(range(start, stop)):
-                row_id = i + 1
+            contents, files = [], []
+            for i in range(start, stop):
                 if i < len(reals):
                     path = reals[i]
-                    stat = path.stat()
+                    st = path.stat()
                     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-                    size, mtime_ns, width, height = stat.st_size, stat.st_mtime_ns, 160, 120
+                    file = FileIdentity.of(str(path), st)
+                    width, height = 160, 120
                 else:
                     path = missing / f"d{i // 1000:04d}" / f"img{i:07d}.jpg"
                     sha = hashlib.sha256(f"bench-{i}".encode()).hexdigest()
-                    size, mtime_ns, width, height = 100_000 + i % 997, 0, 1600, 1200
-                contents.append(
-                    {
-                        "id": row_id,
-                        "sha256": sha,
-                        "width": width,
-                        "height": height,
-                        "format": "JPEG",
-                    }
-                )
-                images.append(
-                    {
-                        "id": row_id,
-                        "path": str(path),
-                        "size": size,
-                        "mtime_ns": mtime_ns,
-                        "content_id": row_id,
-                        "generation": generation,
-                        "added_at": now,
-                    }
-                )
-                for feature, block in (("cls", cls), ("mean", mean)):
-                    vectors.append(
-                        {
-                            "content_id": row_id,
-                            "spec_id": spec_id,
-                            "feature": feature,
-                            "data": block[offset].tobytes(),
-                        }
-                    )
-            with library.engine.begin() as conn:
-                conn.execute(insert(Content.__table__), contents)
-                conn.execute(insert(Image.__table__), images)
-                conn.execute(insert(Vector.__table__), vectors)
+                    file = FileIdentity(str(path), 0, 0, 100_000 + i % 997, 0)
+                    width, height = 1600, 1200
+                contents.append(NewContent(sha, width, height, "JPEG", None, None, None))
+                files.append(file)
+            with store.transaction():
+                generation = store.bump_generation()
+                ids = store.images.add_contents(contents)
+                content_ids = [ids[c.sha256] for c in contents]
+                store.vectors.add(stored_spec, [
+                    (cid, {"cls": cls[k], "mean": mean[k]}) for k, cid in enumerate(content_ids)
+                ])  # fmt: skip
+                store.images.add(list(zip(files, content_ids, strict=True)), generation, now)
             print(f"  populate: {stop:,}/{n:,}", file=sys.stderr, flush=True)
-        with library.engine.connect() as conn:
+        with store.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        store.close()
 
 
 def remove_indexes(library_folder: Path) -> None:

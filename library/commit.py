@@ -66,6 +66,7 @@ class Committer:
         self.spec = spec
         self.report = report
         self.waiting: dict[str, list[Link]] = {}  # links to contents still being embedded
+        self.failed_contents: dict[str, tuple[str, str]] = {}  # sha256 -> (path, why)
 
     def commit(self, actions: Iterable[Action], results: list[EmbedResult[EmbedJob]]) -> None:
         now = datetime.now(UTC)
@@ -73,19 +74,17 @@ class Committer:
         changes_vectors = bool(results) or any(isinstance(a, Remove | Link) for a in actions)
         with self.store.transaction():
             generation = self.store.bump_generation() if changes_vectors else 0
+            for action in actions:  # first: a link to a content of this batch waits for it
+                self._apply(action, generation, now)
             done = [r for r in results if r.error is None]
             self._store_embedded(done, generation, now)
             for result in results:
+                job = result.item
                 if result.error is not None:
-                    self._fail(Fail(result.item.file, result.error), now)
-                    for link in self.waiting.pop(result.item.sha256, []):
-                        reason = f"same content as {display(result.item.path)}: {result.error}"
-                        self._fail(Fail(link.file, reason), now)
-            for result in done:
-                for link in self.waiting.pop(result.item.sha256, []):
+                    self._fail(Fail(job.file, result.error), now)
+                    self.failed_contents[job.sha256] = (job.path, result.error)
+                for link in self.waiting.pop(job.sha256, []):
                     self._link(link, generation)
-            for action in actions:
-                self._apply(action, generation, now)
 
     def _store_embedded(self, results: list[EmbedResult[EmbedJob]], generation: int, now) -> None:
         """A batch's contents, vectors and images: one bulk statement each."""
@@ -128,6 +127,10 @@ class Committer:
 
     def _link(self, link: Link, generation: int) -> None:
         content_id = self.store.images.content_ids([link.sha256]).get(link.sha256)
+        if content_id is None and link.sha256 in self.failed_contents:
+            path, error = self.failed_contents[link.sha256]
+            self._fail(Fail(link.file, f"same content as {display(path)}: {error}"), now=None)
+            return
         if content_id is None:  # its content is still being embedded in this run
             self.waiting.setdefault(link.sha256, []).append(link)
             return
@@ -137,7 +140,8 @@ class Committer:
             self.store.images.set_content(link.image_id, link.file, content_id, generation)
         self.report.count(link)
 
-    def _fail(self, fail: Fail, now: datetime) -> None:
+    def _fail(self, fail: Fail, now: datetime | None) -> None:
         file = fail.file
+        now = now or datetime.now(UTC)
         self.store.images.record_failure(file.path, file.size, file.mtime_ns, fail.reason, now)
         self.report.count(fail)
