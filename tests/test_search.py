@@ -140,7 +140,7 @@ def test_status_reports_counts_spec_index_and_failures(library):
 def exact_recall(lib, k: int) -> float:
     """recall@k of the library's cls index over all its vectors, against numpy exact search."""
     with Library.open(lib) as library:
-        ids, vectors = stored_vectors(library, "cls")
+        ids, vectors = library.store.vectors.of_images(library.require_spec(), "cls")
         _, found = library.index("cls").search(vectors, k)
     exact = ids[np.argsort(-(vectors @ vectors.T), axis=1, kind="stable")[:, :k]]
     return float(
