@@ -7,7 +7,6 @@ CLI commands that never embed (status, search by id) start fast.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +21,7 @@ from vitdex.embedder.errors import FeatureError, ModelLoadError
 from vitdex.embedder.pipeline import EmbedResult, cpu_split, stream_embeddings
 from vitdex.embedder.preprocess import Preprocessor
 from vitdex.embedder.spec import EmbeddingSpec
+from vitdex.embedder.weights import weight_files, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ T = TypeVar("T")
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 BASE_FEATURES: tuple[str, ...] = ("cls", "mean")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _CHUNK = 64  # images per forward in embed_images, to bound activation memory
 GPU_BATCH = 64  # images per forward on a GPU: small batches leave it idle between launches
 CPU_BATCH = 16
@@ -82,11 +81,15 @@ class Embedder:
     ) -> Embedder:
         """Load `model` (hub id or local folder) through the same transformers code path.
 
+        `revision` pins a hub commit (a library loads its own, offline from the cache too);
+        without it the commit `main` points to is resolved once and recorded in the spec. A
+        folder has no revisions: `revision` is ignored and the spec records "local".
         Raises ModelLoadError with a how-to when the hub is unreachable and the model is not
-        cached. `draft` enables reduced-scale JPEG decoding (see decode_image); it is part of
-        the spec. `threads` overrides the torch CPU thread count. `runtime` "int8" runs the
-        model through ONNX Runtime, quantized (CPU only, see quantized.py), cached in `cache_dir`
-        (default: the user cache folder).
+        cached, DeviceError when `device` is not usable here. `draft` enables reduced-scale
+        JPEG decoding (see decode_image); it is part of the spec. `threads` overrides the torch
+        CPU thread count. `runtime` "int8" runs the model through ONNX Runtime, quantized (CPU
+        only, see quantized.py), cached in `cache_dir` (default: the user cache folder).
+        `cache_dir` also remembers weight digests, so a local model is hashed once.
         """
         import torch
 
@@ -96,7 +99,13 @@ class Embedder:
             raise ModelLoadError("--runtime int8 runs on the CPU; use --runtime fp32 on a GPU")
         source, is_local = _resolve_source(model)
         resolved_device = "cpu" if runtime == "int8" else _pick_device(device)
-        net, processor = _load_checkpoint(source, revision)
+        cache = Path(cache_dir) if cache_dir else None
+        if is_local:
+            folder, commit = Path(source), "local"
+        else:  # resolve the commit once, so model and processor come from that one commit
+            folder = _hub_snapshot(source, revision)
+            commit = folder.name if folder.parent.name == "snapshots" else revision or "unknown"
+        net, processor = _load_checkpoint(source, None if is_local else commit)
         net.eval().to(resolved_device)
 
         has_pooler = getattr(net, "pooler", None) is not None and not net._vitdex_pooler_missing
@@ -107,11 +116,13 @@ class Embedder:
         preprocessor = Preprocessor.from_processor(processor)
         spec = EmbeddingSpec(
             model_id=source,
-            revision=_revision(source, revision, is_local),
+            revision=commit,
             preprocessing=preprocessor.describe(draft=draft),
             features=features,
             dim=int(net.config.hidden_size),
             runtime=RUNTIMES[runtime],
+            weights=_weights(source, folder, cache),
+            architecture=_architecture(net.config),
         )
 
         torch_threads, workers = cpu_split()
@@ -121,7 +132,7 @@ class Embedder:
 
             session = int8_session(
                 net,
-                Path(cache_dir) if cache_dir else _user_cache() / "models",
+                cache or _user_cache() / "models",
                 spec.key,
                 image_size=(preprocessor.height, preprocessor.width),
                 with_pooler=has_pooler,
@@ -336,6 +347,13 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _load_error(source: str, exc: Exception) -> ModelLoadError:
+    if _is_offline_error(exc):
+        return ModelLoadError(_offline_help(source))
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelLoadError(f"cannot load model {source}: {reason}")
+
+
 def _load_checkpoint(source: str, revision: str | None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoImageProcessor, ViTModel
@@ -351,10 +369,7 @@ def _load_checkpoint(source: str, revision: str | None) -> tuple[Any, Any]:
     except ModelLoadError:
         raise
     except Exception as exc:
-        if _is_offline_error(exc):
-            raise ModelLoadError(_offline_help(source)) from exc
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load model {source}: {reason}") from exc
+        raise _load_error(source, exc) from exc
     missing = [key for key in loading.get("missing_keys", ()) if "pooler" in key]
     net._vitdex_pooler_missing = bool(missing)
     non_pooler_missing = [k for k in loading.get("missing_keys", ()) if "pooler" not in k]
@@ -365,33 +380,36 @@ def _load_checkpoint(source: str, revision: str | None) -> tuple[Any, Any]:
     return net, processor
 
 
-def _revision(source: str, revision: str | None, is_local: bool) -> str:
-    """Hub commit hash when known; for folders "local-" + a hash of config and weight bytes."""
-    folder = Path(source) if is_local else None
-    if not is_local:
-        try:
-            from transformers.utils import cached_file
+def _hub_snapshot(source: str, revision: str | None) -> Path:
+    """The hub cache folder of `revision` (default: main's commit), fetching config.json."""
+    from transformers.utils import cached_file
 
-            config_path = Path(cached_file(source, "config.json", revision=revision))
-            if config_path.parent.parent.name == "snapshots":
-                return config_path.parent.name
-            folder = config_path.parent
-        except Exception:  # the model loaded, so this is only about naming its revision
-            log.debug("could not resolve the commit of %s", source, exc_info=True)
-            return revision or "unknown"
-    return "local-" + _content_hash(folder)[:16]
+    try:
+        with _quiet_transformers():
+            return Path(cached_file(source, "config.json", revision=revision)).parent
+    except Exception as exc:
+        raise _load_error(source, exc) from exc
 
 
-def _content_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    names = ["config.json", "preprocessor_config.json"]
-    names += sorted(p.name for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            continue
-        digest.update(name.encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+def _weights(source: str, folder: Path, cache_dir: Path | None) -> str:
+    files = weight_files(folder)
+    if not files:
+        raise ModelLoadError(f"cannot find the weights of {source} in {folder}")
+    try:
+        return weights_digest(files, cache_dir)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the weights of {source}: {exc}") from exc
+
+
+_ARCHITECTURE_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "hidden_act", "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias",
+    "pooler_output_size", "pooler_act",
+)  # fmt: skip
+"""Config entries that change the encoder's forward pass. An allowlist: keys transformers adds
+in a new version, or a re-save's bookkeeping, must not change a library's key."""
+
+
+def _architecture(config: Any) -> dict[str, Any]:
+    values = config.to_dict()
+    return {key: values[key] for key in _ARCHITECTURE_KEYS if key in values}
