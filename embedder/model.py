@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vitdex.embedder.decode import decode_image
-from vitdex.embedder.errors import FeatureError, ModelLoadError
+from vitdex.embedder.errors import DeviceError, FeatureError, ModelLoadError
 from vitdex.embedder.pipeline import EmbedResult, cpu_split, stream_embeddings
 from vitdex.embedder.preprocess import Preprocessor
 from vitdex.embedder.spec import EmbeddingSpec
@@ -274,16 +274,44 @@ def _as_rgb(image: Image.Image) -> Image.Image:
 
 
 def _pick_device(device: str) -> str:
+    """`device` if this machine has it ("auto": cuda, then mps, then cpu); else DeviceError."""
     import torch
 
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
     mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    has_mps = mps is not None and mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(
+            f"--device {device}: unknown device; use auto, cpu, cuda or mps"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"torch {torch.__version__} is a CPU build"
+                if torch.version.cuda is None
+                else f"no GPU is visible to torch {torch.__version__}"
+            )
+            raise DeviceError(
+                f"--device {device}: CUDA is not available on this machine ({why}); use --device"
+                " cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to"
+                f" cuda:{count - 1}"
+            )
+    elif parsed.type == "mps" and not has_mps:
+        raise DeviceError(
+            f"--device {device}: MPS (the Apple GPU) is not available on this machine; use"
+            " --device cpu or auto"
+        )
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"--device {device}: not supported by vitdex; use auto, cpu, cuda or mps")
+    return device
 
 
 def _resolve_source(model: str) -> tuple[str, bool]:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.photos import make_photo
 from vitdex.embedder import (
+    DeviceError,
     Embedder,
     EmbeddingSpec,
     EmbedResult,
@@ -208,3 +209,29 @@ def test_embed_files_bad_path_of(tmp_path, tiny_embedder):
     results = list(tiny_embedder.embed_files(["boom", good], path_of))
     assert not results[0].ok and "cannot get a path" in results[0].error
     assert results[1].ok
+
+
+def test_unavailable_device_is_one_clear_line(tiny_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceError) as caught:
+        Embedder.load(str(tiny_model), device="cuda")
+    message = str(caught.value)
+    assert isinstance(caught.value, VitdexError) and isinstance(caught.value, ModelLoadError)
+    assert message.startswith("--device cuda: CUDA is not available on this machine")
+    assert torch.__version__ in message and "use --device cpu or auto" in message
+    assert "\n" not in message
+    with pytest.raises(DeviceError, match="^--device cuda:1: CUDA is not available"):
+        Embedder.load(str(tiny_model), device="cuda:1")
+
+
+def test_unavailable_mps_and_unknown_devices(tiny_model, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="^--device mps: MPS .*not available.*use --device cpu"):
+        Embedder.load(str(tiny_model), device="mps")
+    with pytest.raises(DeviceError, match="^--device gpu: unknown device; use auto, cpu, cuda"):
+        Embedder.load(str(tiny_model), device="gpu")
