@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -188,14 +189,53 @@ def test_embed_files_streams_in_order_with_errors(tmp_path, tiny_embedder):
                 np.testing.assert_allclose(result.vectors[feature], expected[feature], atol=1e-5)
 
 
-def test_embed_files_plain_paths_and_early_close(tmp_path, tiny_embedder):
+def test_embed_files_plain_paths(tmp_path, tiny_embedder):
     paths = _items(tmp_path, 12)
     results = list(tiny_embedder.embed_files(iter(paths), batch_size=5))
     assert [r.item for r in results] == paths
     assert sum(r.ok for r in results) == 10
-    stream = tiny_embedder.embed_files(iter(paths), batch_size=2, workers=1)
-    next(stream)
-    stream.close()  # stops the workers without consuming the rest
+
+
+def test_embed_files_close_stops_reading_and_decoding(tmp_path, tiny_embedder, monkeypatch):
+    """Closing the stream early pulls no more items, cancels queued decodes, ends the workers."""
+    from vitdex.embedder import pipeline
+
+    paths = _items(tmp_path, 40)
+    decoded: list[Path] = []
+    third_started, release = threading.Event(), threading.Event()
+    prepare = pipeline._prepare
+
+    def gated_prepare(embedder, path):
+        decoded.append(path)
+        if len(decoded) == 3:  # the worker holds the third item until the stream is closed
+            third_started.set()
+            assert release.wait(60), "never released"
+        return prepare(embedder, path)
+
+    monkeypatch.setattr(pipeline, "_prepare", gated_prepare)
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for path in paths:
+            pulled += 1
+            yield path
+
+    before = set(threading.enumerate())
+    stream = tiny_embedder.embed_files(source(), batch_size=2, workers=1)
+    assert next(stream).item == paths[0]
+    assert third_started.wait(60), "the worker never started the third item"
+    pulled_at_close = pulled
+    stream.close()
+    release.set()
+    workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("vitdex")]
+    for thread in workers:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in workers)
+    assert pulled == pulled_at_close < len(paths)
+    assert decoded == paths[:3]  # the items queued behind the third one were never decoded
+    with pytest.raises(StopIteration):
+        next(stream)
 
 
 def test_embed_files_bad_path_of(tmp_path, tiny_embedder):
