@@ -336,8 +336,8 @@ def _offline_help(model: str) -> str:
     return (
         f"model {model} is not in the local Hugging Face cache and the hub cannot be reached "
         "(offline, HF_HUB_OFFLINE set, or no network). Use a local folder instead: on a "
-        f"connected machine run `huggingface-cli download {model} --local-dir DIR`, copy DIR "
-        "here, then pass `--model /path/to/DIR` (the folder must contain config.json, "
+        f"connected machine run `hf download {model} --local-dir DIR` (huggingface_hub's CLI), "
+        "copy DIR here, then pass `--model /path/to/DIR` (the folder must contain config.json, "
         "model.safetensors and preprocessor_config.json)."
     )
 

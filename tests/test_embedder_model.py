@@ -62,7 +62,8 @@ def test_offline_not_cached_gives_actionable_error(tmp_path):
     assert "some-org/not-cached-model" in message
     assert "not in the local" in message and "cache" in message
     assert "--model" in message and "folder" in message
-    assert "huggingface-cli download" in message
+    assert "`hf download some-org/not-cached-model --local-dir DIR`" in message
+    assert "huggingface-cli" not in message  # current huggingface_hub ships only `hf`
 
 
 def test_missing_local_folder_is_model_load_error(tmp_path):
