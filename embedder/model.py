@@ -100,12 +100,15 @@ class Embedder:
         source, is_local = _resolve_source(model)
         resolved_device = "cpu" if runtime == "int8" else _pick_device(device)
         cache = Path(cache_dir) if cache_dir else None
+        cache_only = not is_local and not _hub_reachable()
         if is_local:
             folder, commit = Path(source), "local"
         else:  # resolve the commit once, so model and processor come from that one commit
-            folder = _hub_snapshot(source, revision)
+            folder = _hub_snapshot(source, revision, cache_only)
             commit = folder.name if folder.parent.name == "snapshots" else revision or "unknown"
-        net, processor = _load_checkpoint(source, None if is_local else commit)
+        net, processor = _load_checkpoint(
+            source, None if is_local else commit, is_local=is_local, cache_only=cache_only
+        )
         net.eval().to(resolved_device)
 
         has_pooler = getattr(net, "pooler", None) is not None and not net._vitdex_pooler_missing
@@ -334,12 +337,46 @@ def _resolve_source(model: str) -> tuple[str, bool]:
 
 def _offline_help(model: str) -> str:
     return (
-        f"model {model} is not in the local Hugging Face cache and the hub cannot be reached "
-        "(offline, HF_HUB_OFFLINE set, or no network). Use a local folder instead: on a "
-        f"connected machine run `hf download {model} --local-dir DIR` (huggingface_hub's CLI), "
-        "copy DIR here, then pass `--model /path/to/DIR` (the folder must contain config.json, "
-        "model.safetensors and preprocessor_config.json)."
+        "not in the local Hugging Face cache, and the hub cannot be reached (offline,"
+        " HF_HUB_OFFLINE set, or no network). Use a local folder instead: on a connected machine"
+        f" run `hf download {model} --local-dir DIR` (huggingface_hub's CLI), copy DIR here, then"
+        " pass `--model /path/to/DIR` (the folder must contain config.json, model.safetensors"
+        " and preprocessor_config.json)."
     )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub accepts a connection within `timeout` s; False in HF offline mode.
+
+    huggingface_hub retries an unreachable hub for about 30 s, logging every try; one quick
+    check lets an offline machine load from its cache, or get the offline how-to, at once.
+    Behind a proxy the hub's host is not dialled directly: assume it is reachable.
+    """
+    import socket
+    import threading
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    proxies = urllib.request.getproxies()
+    if proxies.get("https") or proxies.get("all"):
+        return True
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    connected = threading.Event()
+
+    def connect() -> None:  # in a thread: a stuck DNS lookup has no timeout of its own
+        try:
+            socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+            connected.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=connect, name="vitdex-hub-check", daemon=True).start()
+    return connected.wait(timeout)
 
 
 def _is_offline_error(exc: BaseException) -> bool:
@@ -375,29 +412,64 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_error(source: str, exc: Exception) -> ModelLoadError:
+def _hub_error(source: str, exc: Exception) -> ModelLoadError:
+    """One line for a hub id that failed: it is not a folder here, and why the hub said no."""
     if _is_offline_error(exc):
-        return ModelLoadError(_offline_help(source))
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ModelLoadError(f"cannot load model {source}: {reason}")
+        reason = _offline_help(source)
+    elif _in_chain(exc, "GatedRepoError"):
+        reason = "the model is gated: accept its terms on the hub, then log in (`hf auth login`)"
+    elif _in_chain(exc, "RepositoryNotFoundError"):
+        reason = "no such model on the hub (or it is private)"
+    elif _in_chain(exc, "RevisionNotFoundError"):
+        reason = "the hub has no such revision of it"
+    else:
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+    return ModelLoadError(
+        f"model {source}: no folder named {source} in {Path.cwd()}, and tried as a Hugging Face"
+        f" hub id: {reason}"
+    )
 
 
-def _load_checkpoint(source: str, revision: str | None) -> tuple[Any, Any]:
+def _in_chain(exc: BaseException, name: str) -> bool:
+    """Whether `exc` or an exception it was raised from is a `name` (transformers wraps them)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(cls.__name__ == name for cls in type(current).__mro__):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _load_checkpoint(
+    source: str, revision: str | None, *, is_local: bool, cache_only: bool
+) -> tuple[Any, Any]:
     import torch
     from transformers import AutoImageProcessor, ViTModel
 
     try:
         with _quiet_transformers():
             net, loading = ViTModel.from_pretrained(
-                source, revision=revision, output_loading_info=True, dtype=torch.float32
+                source,
+                revision=revision,
+                output_loading_info=True,
+                dtype=torch.float32,
+                local_files_only=cache_only,
             )
             # The PIL backend on every machine: torchvision's resize differs slightly, and a
             # library must get the same vectors (and spec) wherever it is opened.
-            processor = AutoImageProcessor.from_pretrained(source, revision=revision, backend="pil")
+            processor = AutoImageProcessor.from_pretrained(
+                source, revision=revision, backend="pil", local_files_only=cache_only
+            )
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise _load_error(source, exc) from exc
+        if is_local:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load model {source}: {reason}") from exc
+        raise _hub_error(source, exc) from exc
     missing = [key for key in loading.get("missing_keys", ()) if "pooler" in key]
     net._vitdex_pooler_missing = bool(missing)
     non_pooler_missing = [k for k in loading.get("missing_keys", ()) if "pooler" not in k]
@@ -408,15 +480,18 @@ def _load_checkpoint(source: str, revision: str | None) -> tuple[Any, Any]:
     return net, processor
 
 
-def _hub_snapshot(source: str, revision: str | None) -> Path:
+def _hub_snapshot(source: str, revision: str | None, cache_only: bool) -> Path:
     """The hub cache folder of `revision` (default: main's commit), fetching config.json."""
     from transformers.utils import cached_file
 
     try:
         with _quiet_transformers():
-            return Path(cached_file(source, "config.json", revision=revision)).parent
+            config = cached_file(
+                source, "config.json", revision=revision, local_files_only=cache_only
+            )
+            return Path(config).parent
     except Exception as exc:
-        raise _load_error(source, exc) from exc
+        raise _hub_error(source, exc) from exc
 
 
 def _weights(source: str, folder: Path, cache_dir: Path | None) -> str:
