@@ -103,6 +103,10 @@ class Embedder:
         cache_only = not is_local and not _hub_reachable()
         if is_local:
             folder, commit = Path(source), "local"
+            if missing := _missing_model_files(folder):
+                raise ModelLoadError(
+                    f"model folder {folder} is not a model: missing {', '.join(missing)}"
+                )
         else:  # resolve the commit once, so model and processor come from that one commit
             folder = _hub_snapshot(source, revision, cache_only)
             commit = folder.name if folder.parent.name == "snapshots" else revision or "unknown"
@@ -333,6 +337,16 @@ def _resolve_source(model: str) -> tuple[str, bool]:
             "containing config.json, model.safetensors and preprocessor_config.json"
         )
     return model, False
+
+
+def _missing_model_files(folder: Path) -> list[str]:
+    """What a model folder lacks, in words: config.json, weights, preprocessor_config.json."""
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not weight_files(folder):
+        missing.append("weights (model.safetensors or pytorch_model.bin)")
+    if not (folder / "preprocessor_config.json").is_file():
+        missing.append("preprocessor_config.json")
+    return missing
 
 
 def _offline_help(model: str) -> str:

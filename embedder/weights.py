@@ -27,13 +27,19 @@ CACHE_NAME = "weights-sha256.json"
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The weight files transformers loads from `folder`, shards in order; [] if none."""
+    """The weight files transformers loads from `folder`, shards in order; [] if none.
+
+    An unreadable shard index counts as no weights: the folder is then reported as lacking them.
+    """
     for single, index in _PREFERENCE:
         if (folder / single).is_file():
             return [folder / single]
         if (folder / index).is_file():
-            weight_map = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
-            return [folder / name for name in sorted(set(weight_map.values()))]
+            try:
+                weight_map = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
+                return [folder / str(name) for name in sorted(set(weight_map.values()))]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                log.warning("%s: unreadable shard index, ignored", folder / index)
     return []
 
 
