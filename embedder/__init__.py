@@ -4,8 +4,14 @@ Importing this package does not import torch or transformers; they load with the
 `Embedder.load`.
 """
 
-from vitdex.embedder.decode import IMAGE_SUFFIXES, ImageInfo, decode_image, sniff_image_format
-from vitdex.embedder.errors import DecodeError, FeatureError, ModelLoadError
+from vitdex.embedder.decode import (
+    IMAGE_SUFFIXES,
+    ImageInfo,
+    decode_image,
+    open_image_file,
+    sniff_image_format,
+)
+from vitdex.embedder.errors import DecodeError, DeviceError, FeatureError, ModelLoadError
 from vitdex.embedder.model import DEFAULT_MODEL, RUNTIMES, Embedder, runtime_option
 from vitdex.embedder.pipeline import EmbedResult
 from vitdex.embedder.spec import EmbeddingSpec
@@ -15,6 +21,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "RUNTIMES",
     "DecodeError",
+    "DeviceError",
     "EmbedResult",
     "Embedder",
     "EmbeddingSpec",
@@ -22,6 +29,7 @@ __all__ = [
     "ImageInfo",
     "ModelLoadError",
     "decode_image",
+    "open_image_file",
     "runtime_option",
     "sniff_image_format",
 ]

@@ -7,11 +7,13 @@ Every failure becomes a DecodeError so one bad file never stops an ingest.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -41,6 +43,10 @@ _TAG_MAKE = 0x010F
 _TAG_MODEL = 0x0110
 _TAG_DATETIME = 0x0132
 _TAG_DATETIME_ORIGINAL = 0x9003
+
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX only; Windows has no FIFOs to block on
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows only
+_O_NOCTTY = getattr(os, "O_NOCTTY", 0)  # opening a terminal device must not make it ours
 
 _plugins_lock = threading.Lock()
 _plugins_ready = False
@@ -73,13 +79,51 @@ def register_plugins() -> None:
         _plugins_ready = True
 
 
-def sniff_image_format(path: str | Path) -> str | None:
-    """Name the format from the first bytes (JPEG, PNG, HEIF, ...); None if not an image."""
+def open_image_file(path: str | Path) -> BinaryIO:
+    """Open `path` for binary reading, refusing anything but a regular file.
+
+    The open is non-blocking, so a FIFO with no writer cannot hang it, and the descriptor is
+    checked with fstat (the file actually opened, not a path looked up twice), so a FIFO, a
+    device such as /dev/zero or a folder is refused before a byte is read. Raises DecodeError
+    for those and OSError when the file cannot be opened at all.
+    """
+    fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_BINARY | _O_NOCTTY)
     try:
-        with open(path, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DecodeError(path, f"not a regular file ({_file_kind(mode)})")
+        if _O_NONBLOCK:  # reads of the regular file are ordinary blocking reads again
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
+    )  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def sniff_image_format(path: str | Path) -> str | None:
+    """Name the format from the first bytes (JPEG, PNG, HEIF, ...); None if not an image.
+
+    None too when the file cannot be opened; DecodeError when it is not a regular file.
+    """
+    try:
+        with open_image_file(path) as fh:
             head = fh.read(32)
     except OSError:
         return None
+    return _sniff_head(head)
+
+
+def _sniff_head(head: bytes) -> str | None:
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -137,31 +181,46 @@ def decode_image(
     """
     register_plugins()
     path = Path(path)
-    if path.is_dir():
-        raise DecodeError(path, "is a directory, not an image file")
     try:
-        if path.stat().st_size == 0:
-            raise DecodeError(path, "empty file")
+        handle = open_image_file(path)
     except OSError as exc:
         raise DecodeError(path, f"cannot read file: {exc.strerror or exc}") from exc
-    try:
-        with warnings.catch_warnings():
-            # The warning zone (MAX_IMAGE_PIXELS..2x) is refused too: no bomb gets decoded.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+    with handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise DecodeError(path, "empty file")
+        try:
+            with Image.open(handle) as opened:
+                _refuse_bomb(path, opened.size)
                 return _decode_open(opened, target_size if draft else None)
-    except DecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(path, f"refused as a possible decompression bomb ({exc})") from exc
-    except Image.UnidentifiedImageError as exc:
-        sniffed = sniff_image_format(path)
-        what = f"looks like {sniffed} but Pillow cannot open it" if sniffed else "not an image"
-        raise DecodeError(path, f"{what} (unrecognised content)") from exc
-    except MemoryError as exc:
-        raise DecodeError(path, "out of memory while decoding") from exc
-    except Exception as exc:  # truncated data, bad headers, codec errors: all per-file problems
-        raise DecodeError(path, f"cannot decode: {type(exc).__name__}: {exc}") from exc
+        except DecodeError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DecodeError(path, f"refused as a possible decompression bomb ({exc})") from exc
+        except Image.UnidentifiedImageError as exc:
+            handle.seek(0)
+            sniffed = _sniff_head(handle.read(32))
+            what = f"looks like {sniffed} but Pillow cannot open it" if sniffed else "not an image"
+            raise DecodeError(path, f"{what} (unrecognised content)") from exc
+        except MemoryError as exc:
+            raise DecodeError(path, "out of memory while decoding") from exc
+        except Exception as exc:  # truncated data, bad headers, codec errors: per-file problems
+            raise DecodeError(path, f"cannot decode: {type(exc).__name__}: {exc}") from exc
+
+
+def _refuse_bomb(path: Path, size: tuple[int, int]) -> None:
+    """Refuse more pixels than Image.MAX_IMAGE_PIXELS, Pillow's warning zone included.
+
+    Pillow itself raises only above twice the limit and merely warns between; comparing here
+    refuses both without switching warning filters, which are process-wide, from threads.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = max(1, size[0]) * max(1, size[1])
+    if limit is not None and pixels > limit:
+        raise DecodeError(
+            path,
+            f"refused as a possible decompression bomb ({pixels} pixels, over the limit of"
+            f" {limit})",
+        )
 
 
 def _decode_open(opened: Image.Image, draft_target: int | None) -> tuple[Image.Image, ImageInfo]:

@@ -23,3 +23,7 @@ class ModelLoadError(VitdexError):
 
 class FeatureError(VitdexError):
     """A feature was asked for that this checkpoint cannot produce meaningfully."""
+
+
+class DeviceError(ModelLoadError):
+    """The asked-for device (cuda, mps) is not usable on this machine."""

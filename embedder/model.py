@@ -7,7 +7,6 @@ CLI commands that never embed (status, search by id) start fast.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -18,10 +17,11 @@ import numpy as np
 from PIL import Image
 
 from vitdex.embedder.decode import decode_image
-from vitdex.embedder.errors import FeatureError, ModelLoadError
+from vitdex.embedder.errors import DeviceError, FeatureError, ModelLoadError
 from vitdex.embedder.pipeline import EmbedResult, cpu_split, stream_embeddings
 from vitdex.embedder.preprocess import Preprocessor
 from vitdex.embedder.spec import EmbeddingSpec
+from vitdex.embedder.weights import weight_files, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ T = TypeVar("T")
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 BASE_FEATURES: tuple[str, ...] = ("cls", "mean")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _CHUNK = 64  # images per forward in embed_images, to bound activation memory
 GPU_BATCH = 64  # images per forward on a GPU: small batches leave it idle between launches
 CPU_BATCH = 16
@@ -82,11 +81,15 @@ class Embedder:
     ) -> Embedder:
         """Load `model` (hub id or local folder) through the same transformers code path.
 
+        `revision` pins a hub commit (a library loads its own, offline from the cache too);
+        without it the commit `main` points to is resolved once and recorded in the spec. A
+        folder has no revisions: `revision` is ignored and the spec records "local".
         Raises ModelLoadError with a how-to when the hub is unreachable and the model is not
-        cached. `draft` enables reduced-scale JPEG decoding (see decode_image); it is part of
-        the spec. `threads` overrides the torch CPU thread count. `runtime` "int8" runs the
-        model through ONNX Runtime, quantized (CPU only, see quantized.py), cached in `cache_dir`
-        (default: the user cache folder).
+        cached, DeviceError when `device` is not usable here. `draft` enables reduced-scale
+        JPEG decoding (see decode_image); it is part of the spec. `threads` overrides the torch
+        CPU thread count. `runtime` "int8" runs the model through ONNX Runtime, quantized (CPU
+        only, see quantized.py), cached in `cache_dir` (default: the user cache folder).
+        `cache_dir` also remembers weight digests, so a local model is hashed once.
         """
         import torch
 
@@ -96,7 +99,20 @@ class Embedder:
             raise ModelLoadError("--runtime int8 runs on the CPU; use --runtime fp32 on a GPU")
         source, is_local = _resolve_source(model)
         resolved_device = "cpu" if runtime == "int8" else _pick_device(device)
-        net, processor = _load_checkpoint(source, revision)
+        cache = Path(cache_dir) if cache_dir else None
+        cache_only = not is_local and not _hub_reachable()
+        if is_local:
+            folder, commit = Path(source), "local"
+            if missing := _missing_model_files(folder):
+                raise ModelLoadError(
+                    f"model folder {folder} is not a model: missing {', '.join(missing)}"
+                )
+        else:  # resolve the commit once, so model and processor come from that one commit
+            folder = _hub_snapshot(source, revision, cache_only)
+            commit = folder.name if folder.parent.name == "snapshots" else revision or "unknown"
+        net, processor = _load_checkpoint(
+            source, None if is_local else commit, is_local=is_local, cache_only=cache_only
+        )
         net.eval().to(resolved_device)
 
         has_pooler = getattr(net, "pooler", None) is not None and not net._vitdex_pooler_missing
@@ -107,11 +123,13 @@ class Embedder:
         preprocessor = Preprocessor.from_processor(processor)
         spec = EmbeddingSpec(
             model_id=source,
-            revision=_revision(source, revision, is_local),
+            revision=commit,
             preprocessing=preprocessor.describe(draft=draft),
             features=features,
             dim=int(net.config.hidden_size),
             runtime=RUNTIMES[runtime],
+            weights=_weights(source, folder, cache),
+            architecture=_architecture(net.config),
         )
 
         torch_threads, workers = cpu_split()
@@ -121,7 +139,7 @@ class Embedder:
 
             session = int8_session(
                 net,
-                Path(cache_dir) if cache_dir else _user_cache() / "models",
+                cache or _user_cache() / "models",
                 spec.key,
                 image_size=(preprocessor.height, preprocessor.width),
                 with_pooler=has_pooler,
@@ -263,16 +281,44 @@ def _as_rgb(image: Image.Image) -> Image.Image:
 
 
 def _pick_device(device: str) -> str:
+    """`device` if this machine has it ("auto": cuda, then mps, then cpu); else DeviceError."""
     import torch
 
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
     mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    has_mps = mps is not None and mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(
+            f"--device {device}: unknown device; use auto, cpu, cuda or mps"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"torch {torch.__version__} is a CPU build"
+                if torch.version.cuda is None
+                else f"no GPU is visible to torch {torch.__version__}"
+            )
+            raise DeviceError(
+                f"--device {device}: CUDA is not available on this machine ({why}); use --device"
+                " cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to"
+                f" cuda:{count - 1}"
+            )
+    elif parsed.type == "mps" and not has_mps:
+        raise DeviceError(
+            f"--device {device}: MPS (the Apple GPU) is not available on this machine; use"
+            " --device cpu or auto"
+        )
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"--device {device}: not supported by vitdex; use auto, cpu, cuda or mps")
+    return device
 
 
 def _resolve_source(model: str) -> tuple[str, bool]:
@@ -293,14 +339,58 @@ def _resolve_source(model: str) -> tuple[str, bool]:
     return model, False
 
 
+def _missing_model_files(folder: Path) -> list[str]:
+    """What a model folder lacks, in words: config.json, weights, preprocessor_config.json."""
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not weight_files(folder):
+        missing.append("weights (model.safetensors or pytorch_model.bin)")
+    if not (folder / "preprocessor_config.json").is_file():
+        missing.append("preprocessor_config.json")
+    return missing
+
+
 def _offline_help(model: str) -> str:
     return (
-        f"model {model} is not in the local Hugging Face cache and the hub cannot be reached "
-        "(offline, HF_HUB_OFFLINE set, or no network). Use a local folder instead: on a "
-        f"connected machine run `huggingface-cli download {model} --local-dir DIR`, copy DIR "
-        "here, then pass `--model /path/to/DIR` (the folder must contain config.json, "
-        "model.safetensors and preprocessor_config.json)."
+        "not in the local Hugging Face cache, and the hub cannot be reached (offline,"
+        " HF_HUB_OFFLINE set, or no network). Use a local folder instead: on a connected machine"
+        f" run `hf download {model} --local-dir DIR` (huggingface_hub's CLI), copy DIR here, then"
+        " pass `--model /path/to/DIR` (the folder must contain config.json, model.safetensors"
+        " and preprocessor_config.json)."
     )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub accepts a connection within `timeout` s; False in HF offline mode.
+
+    huggingface_hub retries an unreachable hub for about 30 s, logging every try; one quick
+    check lets an offline machine load from its cache, or get the offline how-to, at once.
+    Behind a proxy the hub's host is not dialled directly: assume it is reachable.
+    """
+    import socket
+    import threading
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    proxies = urllib.request.getproxies()
+    if proxies.get("https") or proxies.get("all"):
+        return True
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    connected = threading.Event()
+
+    def connect() -> None:  # in a thread: a stuck DNS lookup has no timeout of its own
+        try:
+            socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+            connected.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=connect, name="vitdex-hub-check", daemon=True).start()
+    return connected.wait(timeout)
 
 
 def _is_offline_error(exc: BaseException) -> bool:
@@ -336,25 +426,64 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_checkpoint(source: str, revision: str | None) -> tuple[Any, Any]:
+def _hub_error(source: str, exc: Exception) -> ModelLoadError:
+    """One line for a hub id that failed: it is not a folder here, and why the hub said no."""
+    if _is_offline_error(exc):
+        reason = _offline_help(source)
+    elif _in_chain(exc, "GatedRepoError"):
+        reason = "the model is gated: accept its terms on the hub, then log in (`hf auth login`)"
+    elif _in_chain(exc, "RepositoryNotFoundError"):
+        reason = "no such model on the hub (or it is private)"
+    elif _in_chain(exc, "RevisionNotFoundError"):
+        reason = "the hub has no such revision of it"
+    else:
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+    return ModelLoadError(
+        f"model {source}: no folder named {source} in {Path.cwd()}, and tried as a Hugging Face"
+        f" hub id: {reason}"
+    )
+
+
+def _in_chain(exc: BaseException, name: str) -> bool:
+    """Whether `exc` or an exception it was raised from is a `name` (transformers wraps them)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(cls.__name__ == name for cls in type(current).__mro__):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _load_checkpoint(
+    source: str, revision: str | None, *, is_local: bool, cache_only: bool
+) -> tuple[Any, Any]:
     import torch
     from transformers import AutoImageProcessor, ViTModel
 
     try:
         with _quiet_transformers():
             net, loading = ViTModel.from_pretrained(
-                source, revision=revision, output_loading_info=True, dtype=torch.float32
+                source,
+                revision=revision,
+                output_loading_info=True,
+                dtype=torch.float32,
+                local_files_only=cache_only,
             )
             # The PIL backend on every machine: torchvision's resize differs slightly, and a
             # library must get the same vectors (and spec) wherever it is opened.
-            processor = AutoImageProcessor.from_pretrained(source, revision=revision, backend="pil")
+            processor = AutoImageProcessor.from_pretrained(
+                source, revision=revision, backend="pil", local_files_only=cache_only
+            )
     except ModelLoadError:
         raise
     except Exception as exc:
-        if _is_offline_error(exc):
-            raise ModelLoadError(_offline_help(source)) from exc
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load model {source}: {reason}") from exc
+        if is_local:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load model {source}: {reason}") from exc
+        raise _hub_error(source, exc) from exc
     missing = [key for key in loading.get("missing_keys", ()) if "pooler" in key]
     net._vitdex_pooler_missing = bool(missing)
     non_pooler_missing = [k for k in loading.get("missing_keys", ()) if "pooler" not in k]
@@ -365,33 +494,39 @@ def _load_checkpoint(source: str, revision: str | None) -> tuple[Any, Any]:
     return net, processor
 
 
-def _revision(source: str, revision: str | None, is_local: bool) -> str:
-    """Hub commit hash when known; for folders "local-" + a hash of config and weight bytes."""
-    folder = Path(source) if is_local else None
-    if not is_local:
-        try:
-            from transformers.utils import cached_file
+def _hub_snapshot(source: str, revision: str | None, cache_only: bool) -> Path:
+    """The hub cache folder of `revision` (default: main's commit), fetching config.json."""
+    from transformers.utils import cached_file
 
-            config_path = Path(cached_file(source, "config.json", revision=revision))
-            if config_path.parent.parent.name == "snapshots":
-                return config_path.parent.name
-            folder = config_path.parent
-        except Exception:  # the model loaded, so this is only about naming its revision
-            log.debug("could not resolve the commit of %s", source, exc_info=True)
-            return revision or "unknown"
-    return "local-" + _content_hash(folder)[:16]
+    try:
+        with _quiet_transformers():
+            config = cached_file(
+                source, "config.json", revision=revision, local_files_only=cache_only
+            )
+            return Path(config).parent
+    except Exception as exc:
+        raise _hub_error(source, exc) from exc
 
 
-def _content_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    names = ["config.json", "preprocessor_config.json"]
-    names += sorted(p.name for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            continue
-        digest.update(name.encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+def _weights(source: str, folder: Path, cache_dir: Path | None) -> str:
+    files = weight_files(folder)
+    if not files:
+        raise ModelLoadError(f"cannot find the weights of {source} in {folder}")
+    try:
+        return weights_digest(files, cache_dir)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the weights of {source}: {exc}") from exc
+
+
+_ARCHITECTURE_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "hidden_act", "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias",
+    "pooler_output_size", "pooler_act",
+)  # fmt: skip
+"""Config entries that change the encoder's forward pass. An allowlist: keys transformers adds
+in a new version, or a re-save's bookkeeping, must not change a library's key."""
+
+
+def _architecture(config: Any) -> dict[str, Any]:
+    values = config.to_dict()
+    return {key: values[key] for key in _ARCHITECTURE_KEYS if key in values}

@@ -36,7 +36,8 @@ def test_sniff_by_content_not_extension(tmp_path):
     text.write_text("hello, I am not a photo\n")
     assert sniff_image_format(disguised) == "JPEG"
     assert sniff_image_format(text) is None
-    assert sniff_image_format(tmp_path) is None  # a directory
+    with pytest.raises(DecodeError, match=r"not a regular file \(directory\)"):
+        sniff_image_format(tmp_path)
     assert sniff_image_format(make_photo(tmp_path / "a.png")) == "PNG"
     assert sniff_image_format(make_photo(tmp_path / "a.webp")) == "WEBP"
     image, info = decode_image(disguised)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 
 from tests.photos import make_photo
 from vitdex.embedder import (
+    DeviceError,
     Embedder,
     EmbeddingSpec,
     EmbedResult,
@@ -60,7 +62,8 @@ def test_offline_not_cached_gives_actionable_error(tmp_path):
     assert "some-org/not-cached-model" in message
     assert "not in the local" in message and "cache" in message
     assert "--model" in message and "folder" in message
-    assert "huggingface-cli download" in message
+    assert "`hf download some-org/not-cached-model --local-dir DIR`" in message
+    assert "huggingface-cli" not in message  # current huggingface_hub ships only `hf`
 
 
 def test_missing_local_folder_is_model_load_error(tmp_path):
@@ -120,7 +123,7 @@ def test_embed_images_shapes_and_norms(tiny_embedder, photo_dir):
 def test_spec_identity(tmp_path, tiny_model, tiny_embedder):
     spec = tiny_embedder.spec
     assert spec.model_id == str(tiny_model.resolve())
-    assert spec.revision.startswith("local-")
+    assert spec.revision == "local"
     assert spec.dim == 32 and spec.features == ("cls", "mean") and spec.runtime == "torch-fp32"
     prep = spec.preprocessing
     assert prep["size"] == {"height": 32, "width": 32}
@@ -145,7 +148,6 @@ def test_spec_identity(tmp_path, tiny_model, tiny_embedder):
     changed = Embedder.load(str(other), device="cpu")
     assert changed.spec.preprocessing["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert changed.spec.key != spec.key
-    assert changed.spec.revision != spec.revision
 
 
 def _items(tmp_path: Path, count: int) -> list[Path]:
@@ -188,14 +190,53 @@ def test_embed_files_streams_in_order_with_errors(tmp_path, tiny_embedder):
                 np.testing.assert_allclose(result.vectors[feature], expected[feature], atol=1e-5)
 
 
-def test_embed_files_plain_paths_and_early_close(tmp_path, tiny_embedder):
+def test_embed_files_plain_paths(tmp_path, tiny_embedder):
     paths = _items(tmp_path, 12)
     results = list(tiny_embedder.embed_files(iter(paths), batch_size=5))
     assert [r.item for r in results] == paths
     assert sum(r.ok for r in results) == 10
-    stream = tiny_embedder.embed_files(iter(paths), batch_size=2, workers=1)
-    next(stream)
-    stream.close()  # stops the workers without consuming the rest
+
+
+def test_embed_files_close_stops_reading_and_decoding(tmp_path, tiny_embedder, monkeypatch):
+    """Closing the stream early pulls no more items, cancels queued decodes, ends the workers."""
+    from vitdex.embedder import pipeline
+
+    paths = _items(tmp_path, 40)
+    decoded: list[Path] = []
+    third_started, release = threading.Event(), threading.Event()
+    prepare = pipeline._prepare
+
+    def gated_prepare(embedder, path):
+        decoded.append(path)
+        if len(decoded) == 3:  # the worker holds the third item until the stream is closed
+            third_started.set()
+            assert release.wait(60), "never released"
+        return prepare(embedder, path)
+
+    monkeypatch.setattr(pipeline, "_prepare", gated_prepare)
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for path in paths:
+            pulled += 1
+            yield path
+
+    before = set(threading.enumerate())
+    stream = tiny_embedder.embed_files(source(), batch_size=2, workers=1)
+    assert next(stream).item == paths[0]
+    assert third_started.wait(60), "the worker never started the third item"
+    pulled_at_close = pulled
+    stream.close()
+    release.set()
+    workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("vitdex")]
+    for thread in workers:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in workers)
+    assert pulled == pulled_at_close < len(paths)
+    assert decoded == paths[:3]  # the items queued behind the third one were never decoded
+    with pytest.raises(StopIteration):
+        next(stream)
 
 
 def test_embed_files_bad_path_of(tmp_path, tiny_embedder):
@@ -209,3 +250,29 @@ def test_embed_files_bad_path_of(tmp_path, tiny_embedder):
     results = list(tiny_embedder.embed_files(["boom", good], path_of))
     assert not results[0].ok and "cannot get a path" in results[0].error
     assert results[1].ok
+
+
+def test_unavailable_device_is_one_clear_line(tiny_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceError) as caught:
+        Embedder.load(str(tiny_model), device="cuda")
+    message = str(caught.value)
+    assert isinstance(caught.value, VitdexError) and isinstance(caught.value, ModelLoadError)
+    assert message.startswith("--device cuda: CUDA is not available on this machine")
+    assert torch.__version__ in message and "use --device cpu or auto" in message
+    assert "\n" not in message
+    with pytest.raises(DeviceError, match="^--device cuda:1: CUDA is not available"):
+        Embedder.load(str(tiny_model), device="cuda:1")
+
+
+def test_unavailable_mps_and_unknown_devices(tiny_model, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="^--device mps: MPS .*not available.*use --device cpu"):
+        Embedder.load(str(tiny_model), device="mps")
+    with pytest.raises(DeviceError, match="^--device gpu: unknown device; use auto, cpu, cuda"):
+        Embedder.load(str(tiny_model), device="gpu")

@@ -16,6 +16,7 @@ from PIL import Image
 from tests.photos import photo_array
 from tests.test_ingest import ingest, run
 from vitdex.embedder import Embedder, ModelLoadError
+from vitdex.embedder.weights import CACHE_NAME
 from vitdex.library import Library
 from vitdex.library.errors import SpecMismatchError
 from vitdex.probes.logreg import fit, score
@@ -97,7 +98,8 @@ def test_int8_model_is_built_once_per_spec(tiny_model, embedders, int8_cache):
     again = Embedder.load(str(tiny_model), device="cpu", runtime="int8", cache_dir=int8_cache)
     assert cached.stat().st_mtime_ns == stamp
     assert again.spec == int8.spec
-    assert [p.name for p in int8_cache.iterdir()] == [cached.name]  # no export leftovers
+    # no export leftovers: the model and the weight digests (embedder/weights.py) only
+    assert sorted(p.name for p in int8_cache.iterdir()) == sorted([cached.name, CACHE_NAME])
 
 
 def test_int8_refuses_a_gpu_and_unknown_runtimes(tiny_model):
@@ -113,7 +115,8 @@ def test_library_keeps_its_runtime(tmp_path, tiny_model, photo_dir):
     assert report["added"] == 4
     with Library.open(library) as lib:
         assert lib.spec.runtime == "onnx-int8"
-        assert [p.suffix for p in (library / "models").iterdir()] == [".onnx"]
+        models = sorted(p.name for p in (library / "models").iterdir())
+        assert len(models) == 2 and models[0].endswith(".onnx") and models[1] == CACHE_NAME
     # Without --runtime the library's own runtime is used: a search embeds with int8.
     query = tmp_path / "query.png"
     Image.open(photo_dir / "photo0.jpg").save(query)
