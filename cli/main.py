@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import click
 
@@ -21,6 +22,9 @@ def main(verbose: int) -> None:
 
     Start with `vitdex ingest FOLDER`, then `vitdex search IMAGE`.
     """
+    # A possible decompression bomb is refused with a one-line reason per file; Pillow's own
+    # warning about it would only repeat that on stderr.
+    warnings.filterwarnings("ignore", message=r".*could be decompression bomb")
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"

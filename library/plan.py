@@ -214,7 +214,7 @@ class Planner:
         # that are not images by name or content; then look the contents up in two queries.
         todo = [
             f for f in chunk
-            if needs_hash(f, known, self.state) and (f.claims_image or self.sniff(f.path))
+            if needs_hash(f, known, self.state) and (f.claims_image or self._sniff(f.path))
         ]  # fmt: skip
         paths_to_hash = [f.path for f in todo]
         hashes = dict(zip(paths_to_hash, hasher.map(_sha256_or_error, paths_to_hash), strict=True))
@@ -226,6 +226,15 @@ class Planner:
             action = classify(found, hashes.get(found.path), known, self.state, file_is_gone)
             if action is not None:
                 yield action
+
+    def _sniff(self, path: str) -> bool:
+        """Whether a file not named like an image is one by its first bytes."""
+        from vitdex.embedder.errors import DecodeError
+
+        try:
+            return self.sniff(path) is not None
+        except DecodeError:  # replaced by a FIFO or device since the walk: not ours
+            return False
 
     def removals(self, roots: list[str]) -> Iterator[Remove]:
         """Images below `roots` whose file is gone and that no move of this run took."""
