@@ -1,0 +1,59 @@
+"""A library made by vitdex 0.1 (schema 1, spec keyed on model path and revision) opens, migrates
+in one transaction and keeps every image, vector and id."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import create_engine
+
+from tests.test_ingest import image_rows, ingest, run
+from vitdex.embedder import EmbeddingSpec
+from vitdex.storage.database import MIGRATIONS
+
+
+def downgrade_to_v1(new: Path, old: Path) -> None:
+    """The v2 library `new` rewritten as vitdex 0.1 wrote it: schema 1, text paths, old spec."""
+    old.mkdir()
+    engine = create_engine(f"sqlite:///{old / 'vitdex.sqlite'}")
+    with engine.begin() as conn:
+        MIGRATIONS[0](conn)
+        conn.exec_driver_sql("PRAGMA user_version = 1")
+    engine.dispose()
+    with sqlite3.connect(old / "vitdex.sqlite") as conn:
+        conn.execute("ATTACH DATABASE ? AS new", (str(new / "vitdex.sqlite"),))
+        (spec_json,) = conn.execute("SELECT spec_json FROM new.specs").fetchone()
+        data = json.loads(spec_json)
+        for key in ("weights", "architecture"):
+            data.pop(key, None)
+        data["revision"] = "local-0123456789abcdef"
+        spec = EmbeddingSpec.from_dict(data)  # no weights: the 0.1 key formula
+        conn.execute(
+            "INSERT INTO specs SELECT id, ?, model_id, ?, dim, ?, created_at FROM new.specs",
+            (spec.key, data["revision"], json.dumps(spec.to_dict())),
+        )
+        conn.execute("INSERT INTO meta SELECT * FROM new.meta WHERE key = 'generation'")
+        conn.execute("INSERT INTO contents SELECT * FROM new.contents")
+        conn.execute("INSERT INTO vectors SELECT * FROM new.vectors")
+        conn.execute(
+            "INSERT INTO images SELECT id, CAST(path AS TEXT), size, mtime_ns, content_id,"
+            " generation, added_at FROM new.images"
+        )
+        conn.commit()
+        conn.execute("DETACH DATABASE new")
+
+
+def test_a_version_1_library_migrates_and_keeps_everything(tiny_model, photo_dir, tmp_path):
+    new, old = tmp_path / "new", tmp_path / "old"
+    ingest(new, photo_dir, model=tiny_model)
+    downgrade_to_v1(new, old)
+    before = image_rows(new)
+    report = ingest(old, photo_dir, model=tiny_model)  # same model: the old spec is upgraded
+    assert (report["unchanged"], report["added"], report["removed"]) == (4, 0, 0)
+    assert image_rows(old) == before
+    status = run("status", "--library", old, "--json")
+    assert status["schema_version"] == len(MIGRATIONS) and status["spec"]["weights"]
+    result = run("search", photo_dir / "photo0.jpg", "--library", old, "--json")
+    assert len(result["results"]) == 3
