@@ -37,8 +37,9 @@ def build_library(root: Path, model: Path) -> Path:
     shutil.copyfile(photos / "trip" / "t0.jpg", photos / "home" / "copy.jpg")
     folder = root / "lib"
     with Library.open(folder, create=True) as library:
-        report = library.ingest([photos], model=str(model), device="cpu",
-                                index_features=("cls", "mean"))
+        report = library.ingest(
+            [photos], model=str(model), device="cpu", index_features=("cls", "mean")
+        )
         assert report.failed == []
     return folder
 
@@ -98,7 +99,11 @@ def test_home_pages_through_the_library_by_key_and_filters_by_folder(client, lib
     rest = client.get(link(filtered.text, "next"))  # the filter goes with the next link
     names = {v: k for k, v in ids_by_name(library).items()}
     assert sorted(names[i] for i in tile_ids(filtered.text) + tile_ids(rest.text)) == [
-        "copy.jpg", "h10.jpg", "h8.jpg", "h9.jpg", "sideways.jpg"
+        "copy.jpg",
+        "h10.jpg",
+        "h8.jpg",
+        "h9.jpg",
+        "sideways.jpg",
     ]
 
 
@@ -139,8 +144,9 @@ def test_upload_is_searched_and_not_kept(client, library, tmp_path):
     before = sorted(p for p in library.folder.rglob("*") if "thumbs" not in p.parts)
     stray = set(Path(tempfile.gettempdir()).glob("vitdex-query-*"))
     photo = (library.folder.parent / "photos" / "trip" / "t3.jpg").read_bytes()
-    response = client.post("/search", files={"image": ("mine.jpg", photo, "image/jpeg")},
-                           data={"feature": "cls"})
+    response = client.post(
+        "/search", files={"image": ("mine.jpg", photo, "image/jpeg")}, data={"feature": "cls"}
+    )
     assert response.status_code == 200
     results = response.text.split('id="results"')[1]
     first = int(re.search(r'href="/image/(\d+)', results).group(1))
@@ -181,9 +187,17 @@ def test_only_library_files_are_served_by_id(client, secret):
         f"/file/%2F{absolute.lstrip('/').replace('/', '%2F')}",
         f"/thumb/{absolute}",
         "//etc/passwd",
-        "/file/99999", "/thumb/99999", "/large/99999", "/image/99999",
-        "/file/-1", "/file/1.0", "/file/1%00", "/file/",
-        "/static/..%2fapp.py", "/static/%2e%2e/app.py", "/static/%252e%252e%252fapp.py",
+        "/file/99999",
+        "/thumb/99999",
+        "/large/99999",
+        "/image/99999",
+        "/file/-1",
+        "/file/1.0",
+        "/file/1%00",
+        "/file/",
+        "/static/..%2fapp.py",
+        "/static/%2e%2e/app.py",
+        "/static/%252e%252e%252fapp.py",
         f"/static/{absolute}",
     ]
     for url in urls:
@@ -196,8 +210,12 @@ def test_literal_dot_segments_are_refused_by_the_real_server(library, secret):
     """httpx normalises `../` before sending, so send these raw to uvicorn."""
     with running(create_app(library)) as url:
         host, port = url.removeprefix("http://").split(":")
-        for path in ("/file/../../secret.txt", "/static/../app.py", "/static/../../" + str(secret),
-                     "/thumb/1/../../../etc/passwd"):
+        for path in (
+            "/file/../../secret.txt",
+            "/static/../app.py",
+            "/static/../../" + str(secret),
+            "/thumb/1/../../../etc/passwd",
+        ):
             connection = http.client.HTTPConnection(host, int(port), timeout=10)
             connection.request("GET", path)
             response = connection.getresponse()
@@ -208,8 +226,10 @@ def test_literal_dot_segments_are_refused_by_the_real_server(library, secret):
 
 
 def test_foreign_host_headers_are_refused_when_asked(library):
-    with TestClient(create_app(library, allowed_hosts=["127.0.0.1", "localhost"]),
-                    base_url="http://127.0.0.1:8000") as client:
+    with TestClient(
+        create_app(library, allowed_hosts=["127.0.0.1", "localhost"]),
+        base_url="http://127.0.0.1:8000",
+    ) as client:
         assert client.get("/").status_code == 200
         assert client.get("/", headers={"host": "evil.example"}).status_code == 400
 
