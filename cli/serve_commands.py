@@ -13,7 +13,9 @@ from vitdex.cli.common import feature_option, library_option, open_library
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Interface to bind; only this machine can connect unless you name another.",
+    help="Interface to bind; only this machine can connect unless you name another. Requests"
+    " must name this host (or localhost) in their Host header; 0.0.0.0 or :: answers any name"
+    " (LAN access, with a warning).",
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @feature_option()
@@ -21,13 +23,18 @@ def serve(library_path, host, port, feature):
     """Browse the library in a web browser: thumbnails, neighbours, query by image (read-only)."""
     import uvicorn
 
-    from vitdex.library.search import check_feature
-    from vitdex.web import LOOPBACK_HOSTS, create_app
+    from vitdex.web import allowed_hosts, create_app
 
     with open_library(library_path) as library:
-        check_feature(library, feature)
-        # Bound to loopback, also refuse foreign Host headers (DNS rebinding from a web page).
-        hosts = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else None
+        library.check_feature(feature)
+        # Refuse foreign Host headers (DNS rebinding from a web page) on every specific bind.
+        hosts = allowed_hosts(host)
+        if hosts is None:
+            click.echo(
+                f"warning: bound to every interface ({host}): any machine that reaches port"
+                f" {port} can browse the library, whatever name it uses",
+                err=True,
+            )
         app = create_app(library, feature=feature, allowed_hosts=hosts)
         shown = f"[{host}]" if ":" in host else host
         click.echo(

@@ -258,6 +258,14 @@ class Library:
         """The stored images at these paths (spelled any way: they are made canonical)."""
         return self.store.images.by_paths([canonical(p) for p in paths])
 
+    def images(self, ids: Iterable[int]) -> dict[int, StoredImage]:
+        """The stored images with these ids (ids no longer stored are left out)."""
+        return self.store.images.by_ids(ids)
+
+    def generation(self) -> int:
+        """Moves whenever vectors change: what caches of search results key on."""
+        return self.store.generation()
+
     def folders(self) -> list[str]:
         return self.store.images.folders()
 
@@ -266,13 +274,15 @@ class Library:
         *,
         under: str | None = None,
         after: str | None = None,
+        before: str | None = None,
         limit: int = 100,
         probe: str | None = None,
         label: str | None = None,
     ) -> tuple[list[StoredImage], int]:
-        """A page of images by path after `after` (paging by key), and how many match."""
-        page = self.store.images.page(under=under, after=after, limit=limit, probe=probe,
-                                      label=label)  # fmt: skip
+        """A page of images by path after `after` (or the last ones before `before`: paging by
+        key, both ways), and how many match."""
+        page = self.store.images.page(under=under, after=after, before=before, limit=limit,
+                                      probe=probe, label=label)  # fmt: skip
         return page, self.store.images.count_page(under=under, probe=probe, label=label)
 
     def prediction_labels(self) -> list[tuple[str, str]]:

@@ -199,11 +199,13 @@ class Images:
         *,
         under: str | None = None,
         after: str | None = None,
+        before: str | None = None,
         limit: int = 100,
         probe: str | None = None,
         label: str | None = None,
     ) -> list[StoredImage]:
-        """Up to `limit` images by path after the path `after`: paging by key, never OFFSET."""
+        """Up to `limit` images by path after the path `after`, or the last `limit` before the
+        path `before` (still in path order): paging by key, never OFFSET."""
         query = _select_images()
         if under is not None:
             query = query.where(_under(Image.path, under))
@@ -215,8 +217,12 @@ class Images:
                 .join(Probe, Probe.id == Prediction.probe_id)
                 .where(Probe.name == probe, Prediction.label == label)
             )
+        if before is not None:
+            query = query.where(Image.path < to_db(before))
+        order = Image.path.desc() if before is not None and after is None else Image.path
         with self.store.snapshot() as s:
-            return [_image(r) for r in s.execute(query.order_by(Image.path).limit(limit))]
+            rows = [_image(r) for r in s.execute(query.order_by(order).limit(limit))]
+        return rows[::-1] if order is not Image.path else rows
 
     def count_page(
         self, *, under: str | None = None, probe: str | None = None, label: str | None = None

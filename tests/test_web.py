@@ -8,17 +8,15 @@ import os
 import re
 import shutil
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import delete, select
 from starlette.testclient import TestClient
 
 from tests.photos import make_photo
 from vitdex.library import Library
-from vitdex.storage import Content, Image, Prediction, Probe
 from vitdex.web import app as web_app
 from vitdex.web import create_app, running
 
@@ -39,8 +37,9 @@ def build_library(root: Path, model: Path) -> Path:
     shutil.copyfile(photos / "trip" / "t0.jpg", photos / "home" / "copy.jpg")
     folder = root / "lib"
     with Library.open(folder, create=True) as library:
-        report = library.ingest([photos], model=str(model), device="cpu",
-                                index_features=("cls", "mean"))
+        report = library.ingest(
+            [photos], model=str(model), device="cpu", index_features=("cls", "mean")
+        )
         assert report.failed == []
     return folder
 
@@ -63,28 +62,49 @@ def client(library):
 
 
 def ids_by_name(library: Library) -> dict[str, int]:
-    with library.sessions() as session:
-        return {os.path.basename(i.path): i.id for i in session.scalars(select(Image))}
+    images, total = library.browse(limit=1000)
+    assert len(images) == total
+    return {os.path.basename(i.path): i.id for i in images}
 
 
 def tile_ids(html: str) -> list[int]:
     return [int(i) for i in re.findall(r'<img src="/thumb/(\d+)\?v=', html)]
 
 
-def test_home_pages_through_the_library_and_filters_by_folder(client, library, monkeypatch):
+def link(html: str, rel: str) -> str | None:
+    found = re.search(rf'rel="{rel}" href="([^"]+)"', html)
+    return found and found.group(1).replace("&amp;", "&")
+
+
+def test_home_pages_through_the_library_by_key_and_filters_by_folder(client, library, monkeypatch):
     assert len(tile_ids(client.get("/").text)) == 13
     monkeypatch.setattr(web_app, "PAGE_SIZE", 5)
-    first, third = client.get("/"), client.get("/?page=3")
-    assert len(tile_ids(first.text)) == 5 and len(tile_ids(third.text)) == 3
-    assert "page 1 of 3" in first.text and 'rel="next" href="/?page=2"' in first.text
-    assert not set(tile_ids(first.text)) & set(tile_ids(third.text))
+    first = client.get("/")
+    assert link(first.text, "prev") is None
+    second = client.get(link(first.text, "next"))
+    third = client.get(link(second.text, "next"))
+    pages = [tile_ids(p.text) for p in (first, second, third)]
+    assert [len(p) for p in pages] == [5, 5, 3] and link(third.text, "next") is None
+    assert sorted(sum(pages, [])) == sorted(ids_by_name(library).values())
+    by_path = sorted(ids_by_name(library).items(), key=lambda kv: library.image(kv[1]).path)
+    assert sum(pages, []) == [i for _, i in by_path]  # in path order
+    assert tile_ids(client.get(link(third.text, "prev")).text) == pages[1]
+    assert tile_ids(client.get(link(second.text, "prev")).text) == pages[0]
+    assert link(client.get(link(second.text, "prev")).text, "prev") is None
     home = str(Path(library.folder).parent / "photos" / "home")
-    filtered = client.get("/", params={"folder": home})
+    key = web_app.encode_key(home)
+    assert f'<option value="{key}"' in first.text
+    monkeypatch.setattr(web_app, "PAGE_SIZE", 3)
+    filtered = client.get("/", params={"folder": key})
+    rest = client.get(link(filtered.text, "next"))  # the filter goes with the next link
     names = {v: k for k, v in ids_by_name(library).items()}
-    assert sorted(names[i] for i in tile_ids(filtered.text)) == [
-        "copy.jpg", "h10.jpg", "h8.jpg", "h9.jpg", "sideways.jpg"
+    assert sorted(names[i] for i in tile_ids(filtered.text) + tile_ids(rest.text)) == [
+        "copy.jpg",
+        "h10.jpg",
+        "h8.jpg",
+        "h9.jpg",
+        "sideways.jpg",
     ]
-    assert client.get("/?page=x").status_code == 400
 
 
 def test_thumbnails_are_upright_cached_by_content_and_immutable(client, library):
@@ -93,8 +113,7 @@ def test_thumbnails_are_upright_cached_by_content_and_immutable(client, library)
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert "immutable" in response.headers["cache-control"]
     assert PILImage.open(io.BytesIO(response.content)).size == (192, 256)  # portrait, as shot
-    with library.sessions() as session:
-        sha = session.scalar(select(Content.sha256).join(Image).where(Image.id == image_id))
+    sha = library.image(image_id).sha256
     cached = library.folder / "thumbs" / f"{sha}.jpg"
     assert cached.read_bytes() == response.content
     cached.write_bytes(response.content + b"cached")  # the next request must not re-render
@@ -125,8 +144,9 @@ def test_upload_is_searched_and_not_kept(client, library, tmp_path):
     before = sorted(p for p in library.folder.rglob("*") if "thumbs" not in p.parts)
     stray = set(Path(tempfile.gettempdir()).glob("vitdex-query-*"))
     photo = (library.folder.parent / "photos" / "trip" / "t3.jpg").read_bytes()
-    response = client.post("/search", files={"image": ("mine.jpg", photo, "image/jpeg")},
-                           data={"feature": "cls"})
+    response = client.post(
+        "/search", files={"image": ("mine.jpg", photo, "image/jpeg")}, data={"feature": "cls"}
+    )
     assert response.status_code == 200
     results = response.text.split('id="results"')[1]
     first = int(re.search(r'href="/image/(\d+)', results).group(1))
@@ -167,9 +187,17 @@ def test_only_library_files_are_served_by_id(client, secret):
         f"/file/%2F{absolute.lstrip('/').replace('/', '%2F')}",
         f"/thumb/{absolute}",
         "//etc/passwd",
-        "/file/99999", "/thumb/99999", "/large/99999", "/image/99999",
-        "/file/-1", "/file/1.0", "/file/1%00", "/file/",
-        "/static/..%2fapp.py", "/static/%2e%2e/app.py", "/static/%252e%252e%252fapp.py",
+        "/file/99999",
+        "/thumb/99999",
+        "/large/99999",
+        "/image/99999",
+        "/file/-1",
+        "/file/1.0",
+        "/file/1%00",
+        "/file/",
+        "/static/..%2fapp.py",
+        "/static/%2e%2e/app.py",
+        "/static/%252e%252e%252fapp.py",
         f"/static/{absolute}",
     ]
     for url in urls:
@@ -182,8 +210,12 @@ def test_literal_dot_segments_are_refused_by_the_real_server(library, secret):
     """httpx normalises `../` before sending, so send these raw to uvicorn."""
     with running(create_app(library)) as url:
         host, port = url.removeprefix("http://").split(":")
-        for path in ("/file/../../secret.txt", "/static/../app.py", "/static/../../" + str(secret),
-                     "/thumb/1/../../../etc/passwd"):
+        for path in (
+            "/file/../../secret.txt",
+            "/static/../app.py",
+            "/static/../../" + str(secret),
+            "/thumb/1/../../../etc/passwd",
+        ):
             connection = http.client.HTTPConnection(host, int(port), timeout=10)
             connection.request("GET", path)
             response = connection.getresponse()
@@ -194,35 +226,56 @@ def test_literal_dot_segments_are_refused_by_the_real_server(library, secret):
 
 
 def test_foreign_host_headers_are_refused_when_asked(library):
-    with TestClient(create_app(library, allowed_hosts=["127.0.0.1", "localhost"]),
-                    base_url="http://127.0.0.1:8000") as client:
+    with TestClient(
+        create_app(library, allowed_hosts=["127.0.0.1", "localhost"]),
+        base_url="http://127.0.0.1:8000",
+    ) as client:
         assert client.get("/").status_code == 200
         assert client.get("/", headers={"host": "evil.example"}).status_code == 400
 
 
-def test_status_and_duplicates_pages(client, library):
+def dupes_ported() -> bool:
+    try:
+        import vitdex.library.dupes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_status_page(client):
     status = client.get("/status")
     assert status.status_code == 200 and "13 (12 distinct contents)" in status.text
+
+
+@pytest.mark.xfail(
+    not dupes_ported(), reason="library/dupes.py is not ported to the Store yet", strict=True
+)
+def test_duplicates_page(client, library):
+    first = client.get("/duplicates", params={"threshold": "0.999"})
+    assert first.status_code in (200, 202)
+    app = client.app
+    app.state.gallery.duplicates.get(library.generation(), "cls", 0.999).done.wait(60)
     duplicates = client.get("/duplicates", params={"threshold": "0.999"})
-    assert duplicates.status_code == 200
+    assert duplicates.status_code == 200, duplicates.text
     ids = ids_by_name(library)
     groups = [set(tile_ids(g)) for g in duplicates.text.split('class="group"')[1:]]
     assert {ids["t0.jpg"], ids["copy.jpg"]} in groups
-    assert client.get("/duplicates?threshold=high").status_code == 400
+    for bad in ("high", "nan", "inf", "2"):
+        assert client.get(f"/duplicates?threshold={bad}").status_code == 400
 
 
 def test_label_filter_uses_stored_predictions(client, library):
     ids = ids_by_name(library)
     spec = library.require_spec()
-    with library.sessions.begin() as session:
-        probe = Probe(name="scene", spec_id=spec.id, spec_key=spec.key, feature="cls",
-                      classes_json='["beach", "city"]', dim=spec.dim, weights=b"", bias=b"",
-                      metrics_json="{}", created_at=datetime.now(UTC))
-        session.add(probe)
-        session.flush()
-        probe_id = probe.id
-        for name, label in [("t1.jpg", "beach"), ("h9.jpg", "beach"), ("t2.jpg", "city")]:
-            session.add(Prediction(probe_id=probe_id, image_id=ids[name], label=label, score=0.9))
+    probe = library.store.probes.save(
+        spec, "scene", feature="cls", classes=["beach", "city"],
+        weights=np.zeros((2, spec.dim), np.float32), bias=np.zeros(2, np.float32), metrics={},
+    )  # fmt: skip
+    names = ["t1.jpg", "h9.jpg", "t2.jpg"]
+    library.store.probes.store_predictions(
+        probe.id, np.array([ids[n] for n in names]), ["beach", "beach", "city"],
+        np.full(3, 0.9),
+    )  # fmt: skip
     try:
         home = client.get("/")
         assert 'value="scene|beach"' in home.text and 'value="scene|city"' in home.text
@@ -230,6 +283,4 @@ def test_label_filter_uses_stored_predictions(client, library):
         assert sorted(tile_ids(beach.text)) == sorted([ids["t1.jpg"], ids["h9.jpg"]])
         assert "<dt>scene</dt><dd>city (0.90)</dd>" in client.get(f"/image/{ids['t2.jpg']}").text
     finally:
-        with library.sessions.begin() as session:
-            session.execute(delete(Prediction).where(Prediction.probe_id == probe_id))
-            session.execute(delete(Probe).where(Probe.id == probe_id))
+        library.store.probes.delete("scene")

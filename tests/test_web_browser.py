@@ -15,8 +15,16 @@ from vitdex.library import Library
 from vitdex.web import create_app, running
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 pytestmark = pytest.mark.skipif(
@@ -72,7 +80,7 @@ def test_browse_and_click_through_neighbours(page, base_url, tmp_path):
 
     page.locator(".tile a", has_text="t2.jpg").click()
     page.wait_for_url("**/image/*")
-    assert page.locator(".meta").get_by_text("t2.jpg").count() == 1
+    assert page.locator(".meta").get_by_text("t2.jpg", exact=True).count() == 1
     neighbours = page.locator("#neighbours .tile")
     assert neighbours.count() == 12
     scores = [float(s) for s in neighbours.locator(".score").all_inner_texts()]
@@ -84,7 +92,7 @@ def test_browse_and_click_through_neighbours(page, base_url, tmp_path):
     first_name = neighbours.first.locator(".caption").inner_text()
     neighbours.first.locator("a").click()
     page.wait_for_url("**/image/*?feature=cls")
-    assert page.locator(".meta").get_by_text(first_name).count() == 1
+    assert page.locator(".meta").get_by_text(first_name, exact=True).count() == 1
     page.get_by_role("link", name="mean", exact=True).click()
     page.wait_for_url("**feature=mean")
     assert page.locator("#neighbours .tile").count() == 12

@@ -4,6 +4,6 @@ Importing this package imports starlette; the CLI imports it only inside `vitdex
 """
 
 from vitdex.web.app import create_app
-from vitdex.web.server import LOOPBACK_HOSTS, running
+from vitdex.web.server import LOOPBACK_HOSTS, allowed_hosts, running
 
-__all__ = ["LOOPBACK_HOSTS", "create_app", "running"]
+__all__ = ["LOOPBACK_HOSTS", "allowed_hosts", "create_app", "running"]
