@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 
@@ -20,6 +21,8 @@ class VitdexGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VitdexError as exc:
+            if ctx.meta.get(JSON_META):  # a machine reads stdout: the error goes there too
+                emit_json({"error": str(exc)})
             raise click.ClickException(str(exc)) from exc
 
 
@@ -55,10 +58,39 @@ def model_options(func: Callable) -> Callable:
     )(func)
 
 
+class Cosine(click.FloatRange):
+    """A cosine similarity: a number from -1 to 1 (NaN, which every range check lets through,
+    refused too)."""
+
+    name = "cosine"
+
+    def __init__(self) -> None:
+        super().__init__(-1.0, 1.0)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number from -1 to 1", param, ctx)
+        return number
+
+
+JSON_META = "vitdex.json"
+
+
+def _remember_json(ctx: click.Context, _param, value: bool) -> bool:
+    if value:
+        ctx.meta[JSON_META] = True  # meta is shared with the group, which reports errors
+    return value
+
+
 def json_option(func: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
-        func
-    )
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        callback=_remember_json,
+        help="Print JSON instead of text (errors too: {\"error\": ...} on stdout).",
+    )(func)
 
 
 def feature_option(default: str = "cls") -> Callable:
@@ -81,9 +113,10 @@ def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def stderr_progress(desc: str, unit: str):
+def stderr_progress(desc: str, unit: str, total: int | None = None):
     from tqdm import tqdm
 
     return tqdm(
-        desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, disable=None
+        desc=desc, unit=unit, total=total, file=sys.stderr, dynamic_ncols=True, leave=False,
+        disable=None,
     )

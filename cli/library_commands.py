@@ -7,6 +7,7 @@ from contextlib import ExitStack
 import click
 
 from vitdex.cli.common import (
+    Cosine,
     emit_json,
     feature_option,
     json_option,
@@ -35,6 +36,12 @@ from vitdex.cli.common import (
     help="Decode threads (default: a split of the CPU cores with the model).",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Remove gone images even when more than half of a folder's images are gone (without"
+    " it they are kept: an unmounted drive looks like an empty folder).",
+)
 @click.option("--wait", is_flag=True, help="Wait for another running ingest instead of failing.")
 @json_option
 def ingest(
@@ -47,23 +54,20 @@ def ingest(
     batch_size,
     workers,
     dry_run,
+    prune,
     wait,
     as_json,
 ):
     """Add, update, move and remove the images below PATHS.
 
     Incremental: unchanged files are not opened again, moved files keep their vectors, deleted
-    files leave the library. Bad files are reported and never stop the run.
+    files leave the library. It plans first (stat and hash), then embeds with a known total.
+    Bad files are reported and never stop the run.
     """
-    from vitdex.library.ingest import ingest as run_ingest
-
     with ExitStack() as stack:
         library = stack.enter_context(open_library(library_path, create=not dry_run))
-        found = stack.enter_context(stderr_progress("scanning", "file"))
-        embedded = stack.enter_context(stderr_progress("embedding", "img"))
-        bars = {"found": found, "embedded": embedded}
-        report = run_ingest(
-            library,
+        bars = Bars(stack)
+        report = library.ingest(
             paths,
             model=model,
             device=device,
@@ -71,26 +75,70 @@ def ingest(
             batch_size=batch_size,
             workers=workers,
             dry_run=dry_run,
+            prune=prune,
             wait=wait,
             index_features=(feature,),
-            progress=lambda event, n: bars[event].update(n),
+            progress=bars.update,
         )
     data = report.to_dict()
     if as_json:
         emit_json(data)
-        return
-    verb = "would be " if dry_run else ""
-    click.echo(
-        ", ".join(
-            f"{data[key]} {verb}{key}"
-            for key in ("added", "updated", "moved", "unchanged", "removed")
+    else:
+        verb = "would be " if dry_run else ""
+        click.echo(
+            ", ".join(
+                f"{data[key]} {verb}{key}"
+                for key in ("added", "updated", "moved", "unchanged", "removed")
+            )
+            + f", {len(report.failed)} failed"
         )
-        + f", {len(report.failed)} failed"
-    )
-    if report.failed_earlier:
-        click.echo(f"{len(report.failed_earlier)} failed earlier (unchanged since; see status)")
-    for failure in report.failed:
-        click.echo(f"  failed: {failure['path']}: {failure['error']}")
+        if report.failed_earlier:
+            click.echo(f"{len(report.failed_earlier)} failed earlier (unchanged since; see status)")
+        for failure in report.failed:
+            click.echo(f"  failed: {failure['path']}: {failure['error']}")
+    for held in report.held_back:
+        click.echo(
+            f"warning: {held['gone']} of the {held['images']} images below {held['folder']} are"
+            " gone; nothing was removed there (is a drive unmounted?). If they are really gone,"
+            " run again with --prune.",
+            err=True,
+        )
+    if report.held_back:
+        raise SystemExit(1)
+
+
+class Bars:
+    """Progress on stderr: files found while planning, then embedding with a total and ETA."""
+
+    def __init__(self, stack: ExitStack):
+        self.stack = stack
+        self.found = stack.enter_context(stderr_progress("planning", "file"))
+        self.embedding = None
+
+    def update(self, event: str, n: int) -> None:
+        if event == "found":
+            self.found.update(n)
+        elif event == "to-embed":
+            self.found.close()
+            self.embedding = self.stack.enter_context(stderr_progress("embedding", "img", n))
+        elif event == "embedded" and self.embedding is not None:
+            self.embedding.update(n)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@library_option
+@click.option("--wait", is_flag=True, help="Wait for another writer instead of failing.")
+@json_option
+def forget(paths, library_path, wait, as_json):
+    """Remove the images at or below PATHS from the library, whether or not they still exist
+    (a deleted folder, a drive you no longer have). The files themselves are not touched."""
+    with open_library(library_path) as library:
+        removed = library.forget(paths, wait=wait)
+    if as_json:
+        emit_json({"removed": removed})
+    else:
+        click.echo(f"{removed} removed")
 
 
 @click.command()
@@ -101,7 +149,12 @@ def ingest(
 @click.option(
     "-k", "k", type=click.IntRange(1), default=10, show_default=True, help="How many results."
 )
-@click.option("--min-score", type=float, default=None, help="Only results with cosine ≥ this.")
+@click.option(
+    "--min-score",
+    type=Cosine(),
+    default=None,
+    help="Only results with cosine ≥ this (-1 to 1).",
+)
 @click.option(
     "--under", type=click.Path(file_okay=False), default=None, help="Only images below this folder."
 )
@@ -134,8 +187,6 @@ def search(
     IMAGE may be in the library (its stored vector is used and it is left out of the results)
     or any image file (embedded on the fly). Each result is a line "SCORE<TAB>PATH".
     """
-    from vitdex.library.search import search as run_search
-
     if (probe_name is None) != (label is None):
         raise click.UsageError("--probe and --label go together")
     with open_library(library_path) as library:
@@ -144,8 +195,7 @@ def search(
             from vitdex.probes.store import ids_predicted_as
 
             allowed_ids = ids_predicted_as(library, probe_name, label)
-        data = run_search(
-            library,
+        data = library.search(
             image,
             k=k,
             feature=feature,
@@ -173,16 +223,19 @@ def search(
 @json_option
 def status(library_path, as_json):
     """What the library holds: counts, model and spec, indexes, failed files."""
-    from vitdex.library.status import status as library_status
-
     with open_library(library_path) as library:
-        data = library_status(library)
+        data = library.status()
     if as_json:
         emit_json(data)
         return
     click.echo(f"library   {data['library']}")
     click.echo(f"images    {data['images']} ({data['distinct_contents']} distinct contents)")
-    click.echo(f"model     {data['model']} @ {data['revision']}")
+    if data["spec"] is None:
+        click.echo("model     none yet: the library is empty (run `vitdex ingest PATH`)")
+    else:
+        runtime = "int8 (ONNX Runtime)" if "int8" in data["spec"]["runtime"] else "fp32 (torch)"
+        click.echo(f"model     {data['model']} @ {data['revision']}")
+        click.echo(f"runtime   {runtime}")
     click.echo(f"features  {', '.join(data['features'])}")
     for feature, entry in data["index"].items():
         if entry["file"] is None:
@@ -201,4 +254,4 @@ def status(library_path, as_json):
         click.echo(f"  {failure['path']}: {failure['error']}")
 
 
-COMMANDS = (ingest, search, status)
+COMMANDS = (ingest, forget, search, status)

@@ -28,6 +28,7 @@ class IngestReport:
     removed: int = 0
     failed: list[dict] = field(default_factory=list)
     failed_earlier: list[dict] = field(default_factory=list)  # unchanged since they failed
+    held_back: list[dict] = field(default_factory=list)  # folders whose removals need prune
     dry_run: bool = False
 
     def to_dict(self) -> dict:
@@ -39,6 +40,7 @@ class IngestReport:
             "removed": self.removed,
             "failed": self.failed,
             "failed_earlier": self.failed_earlier,
+            "held_back": self.held_back,
             "dry_run": self.dry_run,
         }
 

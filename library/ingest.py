@@ -6,7 +6,10 @@ Every found file is classified against the store before anything is decoded: unc
 not opened, touched files are hashed but not embedded, moved files keep their image id (their
 FAISS id) and vectors, identical copies share one content embedded once. Each batch of results
 commits in one transaction; after a kill -9 the next run finds what is missing and finishes it.
-At the end every indexed feature's FAISS file is brought up to date, under the write lock.
+Images below an ingested folder whose files are gone are removed at the end, unless more than
+half of the folder's images would go (an unmounted drive looks like an empty folder): those wait
+for `prune=True`. At the end every indexed feature's FAISS file is brought up to date, under the
+write lock. `forget` removes the images below a path whether or not it exists.
 """
 
 from __future__ import annotations
@@ -14,14 +17,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitdex.library.commit import Committer, IngestReport
 from vitdex.library.errors import NotFoundError
 from vitdex.library.executor import Executor, LocalExecutor
-from vitdex.library.plan import Action, EmbedJob, Planner
+from vitdex.library.plan import Action, EmbedJob, Planner, Remove
 from vitdex.library.walk import FoundFile, canonical_roots, walk_files
 from vitdex.storage import chunks, display
 
@@ -48,6 +50,7 @@ def ingest(
     commit_every: int = 64,
     dry_run: bool = False,
     wait: bool = False,
+    prune: bool = False,
     index_features: Iterable[str] = ("cls",),
     progress: Progress | None = None,
     executor: Executor | None = None,
@@ -58,7 +61,10 @@ def ingest(
     paths = list(paths)
     for path in paths:
         if not os.path.lexists(os.path.expanduser(os.fspath(path))):
-            raise NotFoundError(f"{display(os.fspath(path))}: no such file or folder")
+            raise NotFoundError(
+                f"{display(os.fspath(path))}: no such file or folder (to drop its images from"
+                " the library, run `vitdex forget PATH`)"
+            )
     roots = canonical_roots(paths)
     report = IngestReport(dry_run=dry_run)
     tick = progress or (lambda _event, _n: None)
@@ -73,8 +79,11 @@ def ingest(
     if dry_run:
         for feature in index_features:
             library.check_feature(feature)
-        for item in chain(planner.plan(), planner.removals(roots)):
+        for item in planner.plan():
             report.count(item)
+        for removals in _guarded_removals(library, planner, roots, prune, report):
+            for removal in removals:
+                report.count(removal)
         _finish_report(report, planner)
         return report
 
@@ -84,34 +93,53 @@ def ingest(
         for feature in index_features:
             library.check_feature(feature)
         committer = Committer(library.store, library.require_spec(), report)
+        # 1. plan, which is cheap (stat and hash); cheap changes commit as they come
         actions: list[Action] = []
-
-        def jobs() -> Iterator[EmbedJob]:
-            for item in planner.plan():
-                if isinstance(item, EmbedJob):
-                    yield item
-                else:
-                    actions.append(item)
-                    if len(actions) >= MAX_QUEUED_ACTIONS:
-                        committer.commit(_drain(actions), [])
-
-        stream = jobs()
-        first = next(stream, None)
-        if first is not None:
+        jobs: list[EmbedJob] = []
+        for item in planner.plan():
+            if isinstance(item, EmbedJob):
+                jobs.append(item)
+                continue
+            actions.append(item)
+            if len(actions) >= MAX_QUEUED_ACTIONS:
+                committer.commit(_drain(actions), [])
+        committer.commit(_drain(actions), [])
+        # 2. embed, with a known total
+        if jobs:
+            tick("to-embed", len(jobs))
             if executor is None:
                 embedder = library.embedder(model, device=device, runtime=runtime)
                 executor = LocalExecutor(embedder, batch_size=batch_size, workers=workers)
-            for batch in chunks(executor.embed(chain([first], stream)), commit_every):
-                committer.commit(_drain(actions), list(batch))
+            for batch in chunks(executor.embed(jobs), commit_every):
+                committer.commit([], list(batch))
                 tick("embedded", len(batch))
-        committer.commit(_drain(actions), [])
-        for removals in chunks(planner.removals(roots), 500):
-            committer.commit(removals, [])
+        # 3. remove what is gone, unless it looks like an unmounted drive
+        for removals in _guarded_removals(library, planner, roots, prune, report):
+            for part in chunks(removals, 500):
+                committer.commit(part, [])
         library.store.images.forget_failures(_vanished_failures(library, roots))
         library.store.images.prune()
         _finish_report(report, planner)
         library.indexes.refresh(list(library.require_spec().data.get("features", ["cls"])))
     return report
+
+
+def _guarded_removals(
+    library: Library, planner: Planner, roots: list[str], prune: bool, report: IngestReport
+) -> Iterator[list[Remove]]:
+    """Each folder root's removals, unless more than half of its images would go and `prune`
+    was not given: then they are held back and listed in `report.held_back`."""
+    for root in roots:
+        removals = list(planner.removals([root]))
+        if not removals:
+            continue
+        if os.path.isdir(root) and not prune:
+            total = library.store.images.count(under=root)
+            if 2 * len(removals) > total:
+                report.held_back.append({"folder": display(root), "gone": len(removals),
+                                         "images": total})  # fmt: skip
+                continue
+        yield removals
 
 
 def _drain(actions: list[Action]) -> list[Action]:
@@ -137,3 +165,27 @@ def _vanished_failures(library: Library, roots: list[str]) -> list[str]:
             if not os.path.lexists(failure.path):
                 gone.append(failure.path)
     return gone
+
+
+def forget(library: Library, paths: Iterable[str | Path], *, wait: bool = False) -> int:
+    """Remove the images at or below `paths` (existing or not); how many were removed."""
+    from vitdex.storage import canonical
+
+    targets = [canonical(p) for p in paths]
+    with library.writing(wait=wait):
+        spec = library.require_spec()
+        ids: set[int] = set()
+        for target in targets:
+            ids.update(image.id for image in library.store.images.under(target))
+            exact = library.store.images.at_path(target)
+            if exact is not None:
+                ids.add(exact.id)
+        if ids:
+            committer = Committer(library.store, spec, IngestReport())
+            for part in chunks(sorted(ids), 500):
+                committer.commit([Remove(i, "") for i in part], [])
+            library.store.images.prune()
+        failures = [f.path for t in targets for f in library.store.images.failures(under=t)]
+        library.store.images.forget_failures(failures + targets)
+        library.indexes.refresh(list(spec.data.get("features", ["cls"])))
+    return len(ids)

@@ -196,6 +196,7 @@ class Library:
         commit_every: int = 64,
         dry_run: bool = False,
         wait: bool = False,
+        prune: bool = False,
         index_features: Iterable[str] = ("cls",),
         progress: Progress | None = None,
     ) -> IngestReport:
@@ -203,15 +204,24 @@ class Library:
 
         `model`/`device`/`runtime` choose the embedder (default: the library's own); `dry_run`
         reports the plan and changes nothing; `wait` waits for another writer instead of failing;
-        `index_features` are checked against the library's features before anything is written.
+        `prune` removes gone images even when more than half of a folder's would go (else they
+        are held back, see `IngestReport.held_back`); `index_features` are checked against the
+        library's features before anything is written.
         """
         from vitdex.library.ingest import ingest
 
         return ingest(
             self, paths, model=model, device=device, runtime=runtime, batch_size=batch_size,
-            workers=workers, commit_every=commit_every, dry_run=dry_run, wait=wait,
+            workers=workers, commit_every=commit_every, dry_run=dry_run, wait=wait, prune=prune,
             index_features=index_features, progress=progress,
         )  # fmt: skip
+
+    def forget(self, paths: Iterable[str | Path], *, wait: bool = False) -> int:
+        """Remove the images at or below `paths`, whether or not they still exist (a deleted
+        folder, a drive given away); how many images were removed."""
+        from vitdex.library.ingest import forget
+
+        return forget(self, paths, wait=wait)
 
     def search(
         self,
