@@ -30,6 +30,13 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 )  # fmt: skip
 """Lower-case suffixes of files that claim to be images (content is still checked)."""
 
+NOT_IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".xmp", ".aae", ".thm", ".json", ".mov", ".mp4", ".m4v", ".3gp"}
+)
+"""Sidecars and movies that sit beside photos: never images, whatever their first bytes. A Canon
+.THM is a small JPEG of the photo beside it, a Live Photo's .mov is its movie, .xmp/.aae/.json
+hold edits and metadata; embedding one would add a duplicate or fail, so they are not ours."""
+
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
                 b"msf1", b"mif2"}  # fmt: skip
 _AVIF_BRANDS = {b"avif", b"avis"}
@@ -113,8 +120,11 @@ def _file_kind(mode: int) -> str:
 def sniff_image_format(path: str | Path) -> str | None:
     """Name the format from the first bytes (JPEG, PNG, HEIF, ...); None if not an image.
 
-    None too when the file cannot be opened; DecodeError when it is not a regular file.
+    None too when the file cannot be opened, or is named as a sidecar (NOT_IMAGE_SUFFIXES);
+    DecodeError when it is not a regular file.
     """
+    if Path(path).suffix.lower() in NOT_IMAGE_SUFFIXES:
+        return None
     try:
         with open_image_file(path) as fh:
             head = fh.read(32)
