@@ -36,7 +36,7 @@ def write_sidecars(folder: Path) -> list[Path]:
     files = {
         "IMG_0001.MOV": b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + b"\x00" * 64,
         "IMG_0002.mp4": b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00isommp42" + b"\x00" * 64,
-        "IMG_0001.AAE": b'<?xml version="1.0" encoding="UTF-8"?>\n<plist version="1.0"><dict/></plist>\n',
+        "IMG_0001.AAE": b'<?xml version="1.0"?>\n<plist version="1.0"><dict/></plist>\n',
         "IMG_0001.xmp": b'<x:xmpmeta xmlns:x="adobe:ns:meta/"></x:xmpmeta>\n',
         "IMG_0003.JPG.json": b'{"title": "IMG_0003.JPG", "photoTakenTime": {"timestamp": "0"}}\n',
     }
