@@ -35,10 +35,11 @@ def write_dng(
     preview: Image.Image | None = None,
     orientation: int = 1,
     camera: tuple[str, str] = ("Acme", "Raw 1"),
+    size: tuple[int, int] = SIZE,
 ) -> Path:
     """A minimal DNG that LibRaw opens: RGGB mosaic of a synthetic photo, 12 bits in 16."""
-    width, height = SIZE
-    rgb = photo_array(SIZE, seed).astype(np.uint16) * 16
+    width, height = size
+    rgb = photo_array(size, seed).astype(np.uint16) * 16
     mosaic = np.empty((height, width), np.uint16)
     mosaic[0::2, 0::2] = rgb[0::2, 0::2, 0]
     mosaic[0::2, 1::2] = rgb[0::2, 1::2, 1]
@@ -141,6 +142,15 @@ def test_draft_decode_uses_a_preview_as_large_as_the_image(rawpy, tmp_path):
     image, info = decode_image(write_dng(tmp_path / "p.dng", preview=preview), target_size=224)
     assert (info.width, info.height) == SIZE
     assert np.asarray(image)[:, :40, 0].mean() > 240  # the preview's red left edge
+
+
+def test_draft_demosaics_a_large_raw_at_half_size(rawpy, tmp_path):
+    size = (1400, 1360)  # half of the short side (680) still covers 3 x 224
+    image, info = decode_image(write_dng(tmp_path / "big.dng", size=size), target_size=224)
+    assert (info.width, info.height) == size
+    assert image.size == (700, 680)
+    full, _ = decode_image(tmp_path / "big.dng", target_size=224, draft=False)
+    assert full.size == size
 
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])
