@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image
 
@@ -111,7 +111,9 @@ def decode_raw(
         raise DecodeError(path, f"cannot decode {kind} RAW file: {exc}") from exc
 
 
-def _preview(raw, rawpy, needed: int, flip: int, draft_target: int | None) -> Image.Image | None:
+def _preview(
+    raw: Any, rawpy: Any, needed: int, flip: int, draft_target: int | None
+) -> Image.Image | None:
     """The embedded JPEG preview, upright, when its short side is at least `needed`."""
     try:
         thumb = raw.extract_thumb()
