@@ -25,10 +25,21 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {
         ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".bmp", ".dib", ".tif",
         ".tiff", ".webp", ".heic", ".heif", ".hif", ".avif", ".jp2", ".j2k", ".jpx", ".ico",
-        ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".psd",
+        ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".psd", ".dng", ".nef", ".arw", ".cr2", ".orf",
+        ".raf",
     }
 )  # fmt: skip
 """Lower-case suffixes of files that claim to be images (content is still checked)."""
+
+RAW_SUFFIXES: frozenset[str] = frozenset({".dng", ".nef", ".arw", ".cr2", ".orf", ".raf"})
+"""Camera RAW formats (embedder/raw.py): decoded by rawpy, never by Pillow as TIFF."""
+
+NOT_IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".xmp", ".aae", ".thm", ".json", ".mov", ".mp4", ".m4v", ".3gp"}
+)
+"""Sidecars and movies that sit beside photos: never images, whatever their first bytes. A Canon
+.THM is a small JPEG of the photo beside it, a Live Photo's .mov is its movie, .xmp/.aae/.json
+hold edits and metadata; embedding one would add a duplicate or fail, so they are not ours."""
 
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
                 b"msf1", b"mif2"}  # fmt: skip
@@ -113,8 +124,11 @@ def _file_kind(mode: int) -> str:
 def sniff_image_format(path: str | Path) -> str | None:
     """Name the format from the first bytes (JPEG, PNG, HEIF, ...); None if not an image.
 
-    None too when the file cannot be opened; DecodeError when it is not a regular file.
+    None too when the file cannot be opened, or is named as a sidecar (NOT_IMAGE_SUFFIXES);
+    DecodeError when it is not a regular file.
     """
+    if Path(path).suffix.lower() in NOT_IMAGE_SUFFIXES:
+        return None
     try:
         with open_image_file(path) as fh:
             head = fh.read(32)
@@ -177,6 +191,7 @@ def decode_image(
 
     With `target_size` and `draft`, large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg
     (still at least DRAFT_FACTOR times the target), which is several times faster for camera photos.
+    Camera RAW files are decoded at their full size by embedder/raw.py (the `raw` extra).
     Raises DecodeError for anything that is not a readable image.
     """
     register_plugins()
@@ -188,7 +203,11 @@ def decode_image(
     with handle:
         if os.fstat(handle.fileno()).st_size == 0:
             raise DecodeError(path, "empty file")
+        from vitdex.embedder.raw import decode_raw, raw_format
+
         try:
+            if kind := raw_format(path, handle):
+                return decode_raw(path, handle, kind, target_size if draft else None)
             with Image.open(handle) as opened:
                 _refuse_bomb(path, opened.size)
                 return _decode_open(opened, target_size if draft else None)
@@ -229,20 +248,22 @@ def _decode_open(opened: Image.Image, draft_target: int | None) -> tuple[Image.I
     width, height = opened.size
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    info = ImageInfo(
-        width=width,
-        height=height,
-        format=opened.format,
-        taken_at=_taken_at(exif),
-        camera_make=_text(exif.get(_TAG_MAKE)),
-        camera_model=_text(exif.get(_TAG_MODEL)),
-    )
+    info = ImageInfo(width=width, height=height, format=opened.format, **_exif_facts(exif))
     if draft_target and opened.format == "JPEG":
         floor = DRAFT_FACTOR * draft_target
         opened.draft(opened.mode, (floor, floor))
     opened.load()  # first frame of multi-frame files: Image.open leaves us on frame 0
     ImageOps.exif_transpose(opened, in_place=True)  # in place: no copy of a 12 MP frame
     return to_rgb(opened), info
+
+
+def _exif_facts(exif: Image.Exif) -> dict[str, str | None]:
+    """ImageInfo's date and camera fields from EXIF."""
+    return {
+        "taken_at": _taken_at(exif),
+        "camera_make": _text(exif.get(_TAG_MAKE)),
+        "camera_model": _text(exif.get(_TAG_MODEL)),
+    }
 
 
 def _text(value: object) -> str | None:
