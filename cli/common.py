@@ -89,7 +89,7 @@ def json_option(func: Callable) -> Callable:
         "as_json",
         is_flag=True,
         callback=_remember_json,
-        help="Print JSON instead of text (errors too: {\"error\": ...} on stdout).",
+        help='Print JSON instead of text (errors too: {"error": ...} on stdout).',
     )(func)
 
 
@@ -117,6 +117,11 @@ def stderr_progress(desc: str, unit: str, total: int | None = None):
     from tqdm import tqdm
 
     return tqdm(
-        desc=desc, unit=unit, total=total, file=sys.stderr, dynamic_ncols=True, leave=False,
+        desc=desc,
+        unit=unit,
+        total=total,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
         disable=None,
     )

@@ -96,6 +96,11 @@ def ingest(
             click.echo(f"{len(report.failed_earlier)} failed earlier (unchanged since; see status)")
         for failure in report.failed:
             click.echo(f"  failed: {failure['path']}: {failure['error']}")
+    if report.int8_check:
+        from vitdex.library.int8_check import Int8Check
+
+        for line in Int8Check.from_dict(report.int8_check).lines():  # the warning included
+            click.echo(line, err=True)
     for held in report.held_back:
         click.echo(
             f"warning: {held['gone']} of the {held['images']} images below {held['folder']} are"
@@ -249,6 +254,11 @@ def status(library_path, as_json):
             f"index     {feature}: {entry['kind']}, {entry['vectors']} vectors,"
             f" {entry['bytes'] / 1e6:.1f} MB, {state}"
         )
+    if data["int8_check"]:
+        from vitdex.library.int8_check import Int8Check
+
+        for line in Int8Check.from_dict(data["int8_check"]).lines():
+            click.echo(f"int8      {line}")
     click.echo(f"failed    {len(data['failed'])}")
     for failure in data["failed"]:
         click.echo(f"  {failure['path']}: {failure['error']}")

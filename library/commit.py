@@ -29,6 +29,7 @@ class IngestReport:
     failed: list[dict] = field(default_factory=list)
     failed_earlier: list[dict] = field(default_factory=list)  # unchanged since they failed
     held_back: list[dict] = field(default_factory=list)  # folders whose removals need prune
+    int8_check: dict | None = None  # fp32 vs int8 on the user's photos, for a new int8 library
     dry_run: bool = False
 
     def to_dict(self) -> dict:
@@ -41,6 +42,7 @@ class IngestReport:
             "failed": self.failed,
             "failed_earlier": self.failed_earlier,
             "held_back": self.held_back,
+            "int8_check": self.int8_check,
             "dry_run": self.dry_run,
         }
 

@@ -88,7 +88,8 @@ def ingest(
         return report
 
     with library.writing(wait=wait):
-        if model is not None or runtime is not None or library.store.spec() is None:
+        new_library = library.store.spec() is None
+        if model is not None or runtime is not None or new_library:
             library.embedder(model, device=device, runtime=runtime)  # checks the spec first
         for feature in index_features:
             library.check_feature(feature)
@@ -121,6 +122,11 @@ def ingest(
         library.store.images.prune()
         _finish_report(report, planner)
         library.indexes.refresh(list(library.require_spec().data.get("features", ["cls"])))
+        if new_library and "int8" in library.require_spec().data.get("runtime", ""):
+            from vitdex.library.int8_check import check_int8
+
+            paths = [image.path for image in library.store.images.under()]
+            report.int8_check = check_int8(library, paths).to_dict() if paths else None
     return report
 
 

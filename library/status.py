@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vitdex.library.int8_check import read_int8_check
 from vitdex.storage import SCHEMA_VERSION, display
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ def status(library: Library) -> dict:
             for feature in (spec.features if spec else ())
         }
         failed = [{"path": display(f.path), "error": f.error} for f in library.failures()]
+    int8 = read_int8_check(library)
     return {
         "library": str(library.folder),
         "read_only": library.read_only,
@@ -35,4 +37,5 @@ def status(library: Library) -> dict:
         "generation": state.generation,
         "index": indexes,
         "failed": failed,
+        "int8_check": int8.to_dict() if int8 else None,
     }

@@ -113,6 +113,12 @@ def test_library_keeps_its_runtime(tmp_path, tiny_model, photo_dir):
     library = tmp_path / "lib"
     report = ingest(library, photo_dir, model=tiny_model, extra=("--runtime", "int8"))
     assert report["added"] == 4
+    # a new int8 library is checked against fp32 on the user's own photos, and status says so
+    check = report["int8_check"]
+    assert check["images"] == 4 and {f["feature"] for f in check["features"]} == {"cls", "mean"}
+    assert run("status", "--library", library, "--json")["int8_check"] == check
+    assert "int8      int8 check (4 photos): cls cosine mean" in run("status", "--library", library)
+    assert ingest(library, photo_dir)["int8_check"] is None  # once, at creation
     with Library.open(library) as lib:
         assert lib.spec.runtime == "onnx-int8"
         models = sorted(p.name for p in (library / "models").iterdir())
