@@ -27,6 +27,7 @@ def serve(library_path, host, port, feature):
 
     with open_library(library_path) as library:
         library.check_feature(feature)
+        _check_port_free(host, port)
         # Refuse foreign Host headers (DNS rebinding from a web page) on every specific bind.
         hosts = allowed_hosts(host)
         if hosts is None:
@@ -41,3 +42,22 @@ def serve(library_path, host, port, feature):
             f"vitdex gallery of {library.folder}: http://{shown}:{port}/ (Ctrl-C stops)", err=True
         )
         uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Say "port N is in use" (exit 1) before uvicorn would print its own error and exit 3."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise click.ClickException(
+                    f"port {port} is in use on {host}: stop what uses it, or pick another"
+                    " with --port"
+                ) from None
+            # Anything else (an address this machine does not have): uvicorn reports it.

@@ -114,3 +114,27 @@ def test_status_says_the_runtime_and_an_empty_library(tiny_model, photo_dir, lib
     assert "runtime   fp32 (torch)" in run("status", "--library", lib)
     Library.open(tmp_path / "empty", create=True).close()
     assert "the library is empty" in run("status", "--library", tmp_path / "empty")
+
+
+def test_serve_on_a_port_in_use_says_so_and_exits_1(tiny_model, photo_dir, lib):
+    import socket
+    import subprocess
+    import sys
+
+    ingest(lib, photo_dir, model=tiny_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "vitdex.cli", "serve", "--library", str(lib), "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"port {port} is in use" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_failed_first_ingest_leaves_a_library_that_says_it_is_empty(photo_dir, lib, tmp_path):
+    out = run("ingest", photo_dir, "--library", lib, "--model", tmp_path / "no-model", expect=1)
+    assert "no-model" in out
+    assert "the library is empty" in run("status", "--library", lib)
