@@ -126,10 +126,10 @@ def test_serve_on_a_port_in_use_says_so_and_exits_1(tiny_model, photo_dir, lib):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "vitdex.cli", "serve", "--library", str(lib)]
         done = subprocess.run(
-            [sys.executable, "-m", "vitdex.cli", "serve", "--library", str(lib), "--port", str(port)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [*command, "--port", str(port)], capture_output=True, text=True, timeout=60
+        )
     assert done.returncode == 1
     assert f"port {port} is in use" in done.stderr and "Traceback" not in done.stderr
 
