@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitdex.library.search import check_feature
 from vitdex.probes.errors import LabelError
 from vitdex.probes.labels import Example
 from vitdex.probes.metrics import classification_report
@@ -49,14 +48,20 @@ def train_probe(
     model: str | None = None,
     device: str = "auto",
     runtime: str | None = None,
+    wait: bool = False,
 ) -> dict:
-    """Train, score and save probe `name`; returns its name, classes, metrics and skipped rows."""
+    """Train, score and save probe `name`; returns its name, classes, metrics and skipped rows.
+
+    Its writes (ingesting labelled images the library lacks, saving the probe) each hold the
+    library's write lock; `wait` waits for another writer instead of failing. Training itself
+    only reads, so it never holds the lock.
+    """
     check_name_free(library, name, replace=replace)
-    check_feature(library, feature)
+    library.check_feature(feature)
     if cv is not None and cv < 2:
         raise LabelError("--cv needs at least 2 folds")
     data = labelled_vectors(library, examples, feature, model=model, device=device,
-                            runtime=runtime)
+                            runtime=runtime, wait=wait)
     for row in data.skipped:
         log.warning("skipped %s (%s): %s", row["path"], row["label"], row["reason"])
     classes = sorted(set(data.labels))
@@ -95,12 +100,12 @@ def train_probe(
     if test_examples is not None:
         test_report, test_skipped = score_test_set(
             library, final.model, classes, test_examples, feature, set(data.paths),
-            model=model, device=device, runtime=runtime,
+            model=model, device=device, runtime=runtime, wait=wait,
         )
         metrics["test"] = test_report
         skipped += [{**row, "set": "test"} for row in test_skipped]
     save_probe(library, name, feature=feature, classes=classes, model=final.model,
-               metrics=metrics, replace=replace)
+               metrics=metrics, replace=replace, wait=wait)
     return {"name": name, "classes": classes, "feature": feature, "metrics": metrics,
             "skipped": skipped, "ingested": data.ingested}
 
@@ -147,11 +152,11 @@ def cross_validate(
 def score_test_set(
     library: Library, probe_model: LinearModel, classes: list[str], examples: Sequence[Example],
     feature: str, training_paths: set[str], *, model: str | None = None, device: str = "auto",
-    runtime: str | None = None,
+    runtime: str | None = None, wait: bool = False,
 ) -> tuple[dict, list[dict]]:
     """The final probe's report on an independent labelled set; rows it cannot score are skipped."""
     data = labelled_vectors(library, examples, feature, model=model, device=device,
-                            runtime=runtime)
+                            runtime=runtime, wait=wait)
     skipped = list(data.skipped)
     keep = []
     for i, (path, label) in enumerate(zip(data.paths, data.labels, strict=True)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,10 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from sqlalchemy import update
 
 from vitdex.cli.main import main
-from vitdex.storage import Probe
 
 COLOURS = {"red": (200, 40, 30), "green": (30, 180, 50), "blue": (40, 60, 210)}
 PER_CLASS = 8
@@ -83,10 +82,12 @@ def test_saved_probe_is_listed_shown_and_bound_to_the_spec(trained):
                            trained["library"]).stdout)
     assert shown["metrics"] == trained["data"]["metrics"]
     assert "validation (" in run("probe", "show", "colours", "--library", trained["library"]).stdout
-    with Library.open(trained["library"]) as library, library.sessions() as session:
-        probe = session.query(Probe).one()
-        assert probe.spec_key == library.require_spec().key
-        assert len(probe.weights) == 4 * 3 * probe.dim and len(probe.bias) == 4 * 3
+    with Library.open(trained["library"]) as library:
+        (probe,) = library.store.probes.all()
+        spec = library.require_spec()
+        assert probe.spec_key == spec.key
+        assert probe.weights.shape == (3, spec.dim) and probe.bias.shape == (3,)
+        assert probe.weights.dtype == probe.bias.dtype == np.float32
 
 
 def test_predict_files_inside_and_outside_the_library(trained):
@@ -122,9 +123,9 @@ def test_predict_all_then_search_by_label(trained):
     # Predicting again replaces the stored rows rather than adding to them.
     run("probe", "predict", "colours", "--all", *common)
     with Library.open(library) as opened:
-        from vitdex.probes.store import get_probe, prediction_count
+        from vitdex.probes.store import get_probe
 
-        assert prediction_count(opened, get_probe(opened, "colours").id) == 3 * PER_CLASS
+        assert get_probe(opened, "colours").predictions == 3 * PER_CLASS
     unknown = run("search", query, "--probe", "colours", "--label", "purple", *common, ok=False)
     assert unknown.exit_code == 1 and "blue, green, red" in unknown.output
     assert run("search", query, "--probe", "colours", *common, ok=False).exit_code == 2
@@ -146,9 +147,13 @@ def test_probe_of_another_spec_is_refused(trained):
     from vitdex.library import Library
 
     common = trained["common"]
-    run("probe", "train", "foreign", "--folders", trained["classes"], *common)
-    with Library.open(trained["library"]) as library, library.sessions.begin() as session:
-        session.execute(update(Probe).where(Probe.name == "foreign").values(spec_key="0" * 16))
+    with Library.open(trained["library"]) as library:
+        spec = library.require_spec()
+        probe = library.store.probes.get("colours")
+        library.store.probes.save(
+            dataclasses.replace(spec, key="0" * 16), "foreign", feature="cls",
+            classes=probe.classes, weights=probe.weights, bias=probe.bias, metrics=probe.metrics,
+        )  # fmt: skip
     refused = run("probe", "predict", "foreign", trained["queries"]["red"], *common, ok=False)
     assert refused.exit_code == 1 and "spec" in refused.output and "--replace" in refused.output
     listed = json.loads(run("probe", "list", "--json", *common[:2]).stdout)["probes"]
