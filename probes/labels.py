@@ -33,8 +33,10 @@ def read_csv_labels(csv_path: str | Path) -> list[Example]:
             reader = csv.DictReader(handle)
             header = [name.strip().lower() for name in reader.fieldnames or []]
             if "path" not in header or "label" not in header:
-                raise LabelError(f"{csv_path}: the first line must be a `path,label` header,"
-                                 f" got {reader.fieldnames}")
+                raise LabelError(
+                    f"{csv_path}: the first line must be a `path,label` header,"
+                    f" got {reader.fieldnames}"
+                )
             reader.fieldnames = header
             base = csv_path.absolute().parent
             examples = []
@@ -64,7 +66,8 @@ def read_folder_labels(root: str | Path) -> list[Example]:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             examples.extend(
                 Example(canonical(os.path.join(dirpath, name)), folder.name)
-                for name in sorted(filenames) if not name.startswith(".")
+                for name in sorted(filenames)
+                if not name.startswith(".")
             )
     if not examples:
         raise LabelError(f"{root_path}: no files in class subfolders (expected ROOT/LABEL/IMAGE)")

@@ -35,8 +35,14 @@ def _rows(probe: SavedProbe, paths: Sequence[str], proba: np.ndarray, top: int) 
 
 
 def predict_paths(
-    library: Library, name: str, images: Sequence[str | Path], *, top: int = 3,
-    model: str | None = None, device: str = "auto", runtime: str | None = None,
+    library: Library,
+    name: str,
+    images: Sequence[str | Path],
+    *,
+    top: int = 3,
+    model: str | None = None,
+    device: str = "auto",
+    runtime: str | None = None,
 ) -> dict:
     """Labels of `images`: stored vectors for library images, the others embedded on the fly."""
     probe = get_probe(library, name)

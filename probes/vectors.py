@@ -63,8 +63,13 @@ def labelled_vectors(
     usable: list[Example] = []
     for example in examples:
         if example.path in seen:
-            skipped.append({"path": example.path, "label": example.label,
-                            "reason": f"listed again (first as {seen[example.path]!r})"})
+            skipped.append(
+                {
+                    "path": example.path,
+                    "label": example.label,
+                    "reason": f"listed again (first as {seen[example.path]!r})",
+                }
+            )
         elif not os.path.isfile(example.path):
             skipped.append({"path": example.path, "label": example.label, "reason": "no such file"})
         else:
@@ -76,8 +81,14 @@ def labelled_vectors(
     ingested = 0
     if missing:
         log.info("ingesting %d labelled images not in the library yet", len(missing))
-        report = library.ingest(missing, model=model, device=device, runtime=runtime,
-                                wait=wait, index_features=(feature,))
+        report = library.ingest(
+            missing,
+            model=model,
+            device=device,
+            runtime=runtime,
+            wait=wait,
+            index_features=(feature,),
+        )
         ingested = report.added + report.updated + report.moved
         stored.update(stored_by_path(library, missing, feature))
     reasons = _failure_reasons(library, [p for p in missing if p not in stored])
@@ -89,6 +100,7 @@ def labelled_vectors(
             reason = reasons.get(example.path, "not an image file vitdex can read")
             skipped.append({"path": example.path, "label": example.label, "reason": reason})
     dim = library.require_spec().dim
-    vectors = (np.stack([stored[e.path][1] for e in kept]) if kept
-               else np.empty((0, dim), np.float32))
+    vectors = (
+        np.stack([stored[e.path][1] for e in kept]) if kept else np.empty((0, dim), np.float32)
+    )
     return Labelled([e.path for e in kept], [e.label for e in kept], vectors, skipped, ingested)

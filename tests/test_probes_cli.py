@@ -43,13 +43,22 @@ def trained(tmp_path_factory, tiny_model) -> dict:
         for i in range(PER_CLASS):
             colour_photo(classes / label / f"{label}{i}.png", rgb, seed=100 * index + i)
     (classes / "red" / "broken.jpg").write_bytes(b"not a jpeg")
-    queries = {label: colour_photo(root / "queries" / f"{label}.png", rgb, seed=999 + i)
-               for i, (label, rgb) in enumerate(COLOURS.items())}
+    queries = {
+        label: colour_photo(root / "queries" / f"{label}.png", rgb, seed=999 + i)
+        for i, (label, rgb) in enumerate(COLOURS.items())
+    }
     library = root / "library"
     common = ["--library", library, "--model", tiny_model, "--device", "cpu"]
     result = run("probe", "train", "colours", "--folders", classes, "--cv", 3, "--json", *common)
-    return {"root": root, "library": library, "common": common, "classes": classes,
-            "queries": queries, "result": result, "data": json.loads(result.stdout)}
+    return {
+        "root": root,
+        "library": library,
+        "common": common,
+        "classes": classes,
+        "queries": queries,
+        "result": result,
+        "data": json.loads(result.stdout),
+    }
 
 
 def test_train_reports_metrics_and_skips_unreadable_files(trained):
@@ -78,8 +87,9 @@ def test_saved_probe_is_listed_shown_and_bound_to_the_spec(trained):
     listed = json.loads(run("probe", "list", "--json", "--library", trained["library"]).stdout)
     (row,) = listed["probes"]
     assert row["name"] == "colours" and row["matches_library_spec"]
-    shown = json.loads(run("probe", "show", "colours", "--json", "--library",
-                           trained["library"]).stdout)
+    shown = json.loads(
+        run("probe", "show", "colours", "--json", "--library", trained["library"]).stdout
+    )
     assert shown["metrics"] == trained["data"]["metrics"]
     assert "validation (" in run("probe", "show", "colours", "--library", trained["library"]).stdout
     with Library.open(trained["library"]) as library:
@@ -93,8 +103,19 @@ def test_saved_probe_is_listed_shown_and_bound_to_the_spec(trained):
 def test_predict_files_inside_and_outside_the_library(trained):
     outside = trained["queries"]
     inside = trained["classes"] / "green" / "green0.png"
-    data = json.loads(run("probe", "predict", "colours", inside, *outside.values(), "--top", 2,
-                          "--json", *trained["common"]).stdout)
+    data = json.loads(
+        run(
+            "probe",
+            "predict",
+            "colours",
+            inside,
+            *outside.values(),
+            "--top",
+            2,
+            "--json",
+            *trained["common"],
+        ).stdout
+    )
     predictions = data["predictions"]
     assert [p["path"] for p in predictions] == [str(inside), *map(str, outside.values())]
     for prediction in predictions:
@@ -117,8 +138,11 @@ def test_predict_all_then_search_by_label(trained):
     assert stored["stored"] == 3 * PER_CLASS == sum(stored["counts"].values())
     blue = {p["path"] for p in stored["predictions"] if p["label"] == "blue"}
     assert blue
-    hits = json.loads(run("search", query, "--probe", "colours", "--label", "blue", "-k", 50,
-                          "--json", *common).stdout)["results"]
+    hits = json.loads(
+        run(
+            "search", query, "--probe", "colours", "--label", "blue", "-k", 50, "--json", *common
+        ).stdout
+    )["results"]
     assert {h["path"] for h in hits} == blue
     # Predicting again replaces the stored rows rather than adding to them.
     run("probe", "predict", "colours", "--all", *common)
