@@ -121,12 +121,14 @@ def test_auto_threshold_rule():
     assert auto_threshold(x[: MIN_CALIBRATION - 1]) == (1 - RELATIVE_RADIUS, 1.0)
 
 
-def test_filtered_library_index_gives_the_same_groups(library, monkeypatch):
+def test_filtered_library_index_gives_the_same_groups(library, monkeypatch, tmp_path):
     """Past the flat size, the library's own IVF index is searched through an id filter."""
     import vitdex.index.vector_index as vector_index
 
     monkeypatch.setattr(vector_index, "FLAT_MAX_N", 4)
-    with Library.open(library) as lib:
+    shutil.copytree(library, tmp_path / "lib")
+    with Library.open(tmp_path / "lib") as lib:
+        lib.rebuild_index("cls", "ivfsq8")
         assert lib.index("cls").kind == "ivfsq8"
         assert summary(find_duplicates(lib)) == EXPECTED
 
@@ -136,7 +138,7 @@ def test_cli_json_and_list_others(library, tmp_path):
     data = json.loads(run("dupes", "--library", library, "--json", "--list-others", others))
     assert set(data) >= {"groups", "threshold", "rule", "feature"}
     assert summary(data) == EXPECTED
-    assert all(set(m) == {"path", "score"} for g in data["groups"] for m in g["members"])
+    assert all(set(m) == {"id", "path", "score"} for g in data["groups"] for m in g["members"])
     listed = [Path(p).name for p in others.read_text().splitlines()]
     assert sorted(listed) == sorted(
         ["d0_copy.jpg", "d3_copy.jpg", "d0_small.jpg", "d0_q30.jpg", "d0_rot.jpg",
