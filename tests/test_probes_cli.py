@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +206,68 @@ def test_usage_errors(trained):
     common = trained["common"]
     assert run("probe", "train", "x", *common, ok=False).exit_code == 2
     assert run("probe", "predict", "colours", *common, ok=False).exit_code == 2
+
+
+@contextmanager
+def lock_held_by_another_process(library: Path) -> Iterator[int]:
+    """A real second process holding the library's write lock until its stdin closes."""
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom vitdex.library.lock import write_lock\n"
+        "with write_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(library)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+def test_writers_refuse_a_library_another_process_is_writing(trained):
+    """probe predict --all, train and delete write, so each takes the write lock: beside an
+    ingest they fail with one clear line (exit 1) instead of breaking it; --wait waits."""
+    from vitdex.library import Library
+    from vitdex.probes.store import get_probe, probe_names
+
+    common, library = trained["common"], trained["library"]
+    with Library.open(library) as opened:
+        before = get_probe(opened, "colours").predictions
+    with lock_held_by_another_process(library) as pid:
+        for args in (
+            ["probe", "predict", "colours", "--all", *common],
+            ["probe", "train", "locked", "--folders", trained["classes"], *common],
+            ["probe", "delete", "colours", *common[:2]],
+        ):
+            refused = run(*args, ok=False)
+            assert refused.exit_code == 1, args
+            assert f"is being written by pid {pid}" in refused.output, args
+            assert "--wait" in refused.output and "Traceback" not in refused.output, args
+    with Library.open(library) as opened:
+        assert get_probe(opened, "colours").predictions == before
+        assert "locked" not in probe_names(opened)
+    stored = json.loads(run("probe", "predict", "colours", "--all", "--wait", "--json",
+                            *common).stdout)  # fmt: skip
+    assert stored["stored"] == 3 * PER_CLASS
+
+
+def test_stored_predictions_skip_images_removed_meanwhile(trained):
+    """An image removed between reading the vectors and storing the labels is skipped, never a
+    foreign-key error."""
+    from vitdex.library import Library
+    from vitdex.probes.predict import predict_all
+    from vitdex.probes.store import get_probe, store_predictions
+
+    with Library.open(trained["library"]) as library:
+        probe = get_probe(library, "colours")
+        ids = np.append(library.store.images.ids(), 10**9)
+        with library.writing():
+            stored = store_predictions(
+                library, probe, ids, ["red"] * len(ids), np.ones(len(ids), np.float32)
+            )
+        assert stored == len(ids) - 1 == 3 * PER_CLASS
+        assert get_probe(library, "colours").predictions == 3 * PER_CLASS
+        predict_all(library, "colours")  # the real labels back, for the other tests
