@@ -159,17 +159,19 @@ def find_duplicates(
         by_content.setdefault(member.content_id, []).append(member)
     row_of = {int(c): i for i, c in enumerate(rep_contents)}
 
-    groups = [_group("exact", by_content[int(c)], vectors, row_of) for c in exact_contents]
+    # An ingest may remove images while we read: a group left with one member is no group.
+    exact = [by_content.get(int(c), []) for c in exact_contents]
+    groups = [_group("exact", m, vectors, row_of) for m in exact if len(m) > 1]
     groups.sort(key=lambda g: g["keep"])
-    near = [
-        _group("near", [m for c in contents for m in by_content[int(c)]], vectors, row_of)
-        for contents in near_sets
+    near_members = [
+        [m for c in contents for m in by_content.get(int(c), [])] for contents in near_sets
     ]
+    near = [_group("near", m, vectors, row_of) for m in near_members if len(m) > 1]
     groups.extend(sorted(near, key=lambda g: g["keep"]))
     result["groups"] = groups
     log.info(
         "%d exact and %d near duplicate groups (threshold %.4f)",
-        len(exact_contents),
+        len(groups) - len(near),
         len(near),
         threshold,
     )
