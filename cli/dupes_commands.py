@@ -39,17 +39,28 @@ from vitdex.cli.common import (
     "--list-others",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    help="Write the paths of every non-keeper to this file, one per line.",
+    help="Write the paths of every non-keeper that is still the file that was ingested to this"
+    " file, one per line (paths with a line break or not UTF-8 are left out: use --null).",
+)
+@click.option(
+    "-0",
+    "--null",
+    is_flag=True,
+    help="With --list-others: end each path with NUL instead of a newline and write its raw"
+    " bytes, so every name survives (like `find -print0`, for `xargs -0`).",
 )
 @json_option
-def dupes(library_path, threshold, feature, under, k, list_others, as_json):
+def dupes(library_path, threshold, feature, under, k, list_others, null, as_json):
     """Groups of identical files (exact) and near-identical images (near).
 
     Each group suggests one image to keep; nothing is deleted or moved. A near group lists every
     image of its contents, so it can contain an exact group, which is also listed on its own.
     """
-    from vitdex.library.dupes import find_duplicates, others
+    from vitdex.library.dupes import find_duplicates, list_file, others
+    from vitdex.storage import display
 
+    if null and list_others is None:
+        raise click.UsageError("--null goes with --list-others FILE")
     with open_library(library_path) as library, stderr_progress("comparing", "img") as bar:
 
         def progress(done: int, total: int) -> None:
@@ -59,11 +70,20 @@ def dupes(library_path, threshold, feature, under, k, list_others, as_json):
         data = find_duplicates(
             library, threshold=threshold, feature=feature, under=under, k=k, progress=progress
         )
-    if list_others is not None:
-        paths = others(data)
-        with open(list_others, "w", encoding="utf-8") as f:
-            f.writelines(f"{p}\n" for p in paths)
-        click.echo(f"wrote {len(paths)} paths to {list_others}", err=True)
+        listed = others(library, data) if list_others is not None else None
+    if listed is not None:
+        for warning in listed.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        written = list_file(listed.paths, null=null)
+        for path in written.left_out:
+            click.echo(
+                f"warning: {display(path)!r} not listed: it has a line break or is not UTF-8,"
+                " so one path per line would misread it; use --null",
+                err=True,
+            )
+        with open(list_others, "wb") as f:
+            f.write(written.data)
+        click.echo(f"wrote {written.written} paths to {list_others}", err=True)
     if as_json:
         emit_json(data)
         return
@@ -73,7 +93,7 @@ def dupes(library_path, threshold, feature, under, k, list_others, as_json):
         click.echo(f"group {number} ({group['kind']}, {len(group['members'])} images)")
         for member in group["members"]:
             mark = "keep" if member["path"] == group["keep"] else "    "
-            click.echo(f"  {mark}  {member['score']:.4f}  {member['path']}")
+            click.echo(f"  {mark}  {member['score']:.4f}  {display(member['path'])}")
     if data["threshold"] is not None:
         click.echo(
             f"threshold {data['threshold']:.4f} ({data['threshold_source']}); {data['rule']}",

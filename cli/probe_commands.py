@@ -23,6 +23,12 @@ def probe() -> None:
     """
 
 
+def wait_option(func):
+    return click.option(
+        "--wait", is_flag=True, help="Wait for another writer (e.g. an ingest) instead of failing."
+    )(func)
+
+
 def _examples(labels_csv: str | None, folders_root: str | None):
     from vitdex.probes.labels import read_csv_labels, read_folder_labels
 
@@ -60,6 +66,7 @@ def _examples(labels_csv: str | None, folders_root: str | None):
 )
 @click.option("--balanced", is_flag=True, help="Weight classes inversely to their frequency.")
 @click.option("--replace", is_flag=True, help="Replace an existing probe of this name.")
+@wait_option
 @json_option
 def train(
     name,
@@ -74,6 +81,7 @@ def train(
     cv,
     balanced,
     replace,
+    wait,
     as_json,
 ):
     """Train probe NAME from labelled images (logistic regression, L2 tuned on a held-out split).
@@ -101,6 +109,7 @@ def train(
             model=model,
             device=device,
             runtime=runtime,
+            wait=wait,
         )
     if as_json:  # skipped rows were logged as warnings on stderr as they were found
         emit_json(data)
@@ -186,11 +195,11 @@ def list_command(library_path, as_json):
 @json_option
 def show(name, library_path, as_json):
     """Labels, metrics and regularisation sweep of probe NAME."""
-    from vitdex.probes.store import get_probe, prediction_count, summary
+    from vitdex.probes.store import get_probe, summary
 
     with open_library(library_path) as library:
         saved = get_probe(library, name, check_spec=False)
-        data = summary(saved, prediction_count(library, saved.id), library.require_spec().key)
+        data = summary(saved, library.require_spec().key)
     data["metrics"] = saved.metrics
     if as_json:
         emit_json(data)
@@ -210,13 +219,14 @@ def show(name, library_path, as_json):
 @probe.command()
 @click.argument("name")
 @library_option
+@wait_option
 @json_option
-def delete(name, library_path, as_json):
+def delete(name, library_path, wait, as_json):
     """Delete probe NAME and its stored predictions."""
     from vitdex.probes.store import delete_probe
 
     with open_library(library_path) as library:
-        delete_probe(library, name)
+        delete_probe(library, name, wait=wait)
     if as_json:
         emit_json({"deleted": name})
     else:
@@ -241,11 +251,13 @@ def delete(name, library_path, as_json):
 )
 @library_option
 @model_options
+@wait_option
 @json_option
-def predict(name, images, all_images, top, library_path, model, device, runtime, as_json):
+def predict(name, images, all_images, top, library_path, model, device, runtime, wait, as_json):
     """Label IMAGES (or --all library images) with probe NAME, with softmax probabilities.
 
-    Images outside the library are embedded on the fly.
+    Images outside the library are embedded on the fly. --all stores the labels, so it waits
+    for (with --wait) or refuses to run beside another writer.
     """
     from vitdex.probes.predict import predict_all, predict_paths
 
@@ -254,7 +266,7 @@ def predict(name, images, all_images, top, library_path, model, device, runtime,
     with open_library(library_path) as library:
         if all_images:
             with stderr_progress("labelling", "img") as bar:
-                data = predict_all(library, name, top=top, progress=bar.update)
+                data = predict_all(library, name, top=top, progress=bar.update, wait=wait)
         else:
             data = predict_paths(
                 library, name, images, top=top, model=model, device=device, runtime=runtime

@@ -12,23 +12,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import select
 
-from vitdex.library.errors import LibraryError
-from vitdex.library.ingest import under_clause
-from vitdex.library.search import check_feature
-from vitdex.storage import Content, Image, Vector, stack_blobs
+from vitdex.storage import canonical, display, still_same
 
 if TYPE_CHECKING:
     from vitdex.index.vector_index import VectorIndex
     from vitdex.library.library import Library
+    from vitdex.storage import StoredImage, StoredSpec
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,6 @@ RELATIVE_RADIUS = 0.05
 CALIBRATION_SAMPLE = 1000  # contents sampled for the median pair distance (~500k pairs)
 MIN_CALIBRATION = 3  # fewer contents than this: assume a typical distance of 1 (orthogonal)
 GRAPH_BATCH = 16_384  # queries per FAISS call; larger batches amortise the id filter
-ID_CHUNK = 5000  # ids per SQL IN (...) list
 
 
 def auto_threshold(vectors: np.ndarray) -> tuple[float, float]:
@@ -88,18 +85,14 @@ class _Restricted:
         return self._index.search(queries, k, allowed_ids=self._allowed)
 
 
-@dataclass(frozen=True, slots=True)
-class _Member:
-    id: int
-    path: str
-    content_id: int
-    pixels: int
-    size: int
-    time: float
-
-    @property
-    def keep_key(self) -> tuple:
-        return (-self.pixels, -self.size, self.time, self.path)
+def _keep_key(image: StoredImage) -> tuple:
+    """The keeper order: most pixels, largest file, oldest capture time, first path."""
+    return (
+        -image.width * image.height,
+        -image.size,
+        _capture_time(image.taken_at, image.mtime_ns),
+        image.path,
+    )
 
 
 def find_duplicates(
@@ -121,13 +114,15 @@ def find_duplicates(
         "feature": feature,
         "threshold_source": "given" if threshold is not None else "auto",
     }
-    spec = library.spec_row
+    spec = library.store.spec()
     if spec is None:
         return result
-    check_feature(library, feature)
-    image_ids, content_ids = _scope(library, under)
+    library.check_feature(feature)
+    image_ids, content_ids = library.store.images.scope(
+        canonical(under) if under is not None else None
+    )
     if threshold is None:
-        sample = _calibration_sample(library, spec.id, feature, spec.dim)
+        sample = _calibration_sample(library, spec, feature)
         threshold, typical = auto_threshold(sample)
         result["threshold"] = threshold
         result["threshold_source"] = (
@@ -145,7 +140,7 @@ def find_duplicates(
     rep_ids, rep_contents = image_ids[first], content_ids[first]
     exact_contents = rep_contents[counts > 1]
 
-    vectors = _content_vectors(library, spec.id, feature, rep_contents, spec.dim)
+    vectors = library.store.vectors.of_contents(spec, feature, rep_contents)
     labels = near_components(
         _graph_index(library, feature, rep_ids, vectors),
         rep_ids,
@@ -158,39 +153,115 @@ def find_duplicates(
     near_sets = [rep_contents[labels == c] for c in np.flatnonzero(sizes > 1)]
 
     wanted = np.union1d(exact_contents, np.concatenate([*near_sets, np.empty(0, np.int64)]))
-    members = _members(library, image_ids[np.isin(content_ids, wanted)])
-    by_content: dict[int, list[_Member]] = {}
-    for member in members:
+    members = library.store.images.by_ids(image_ids[np.isin(content_ids, wanted)].tolist())
+    by_content: dict[int, list[StoredImage]] = {}
+    for member in members.values():
         by_content.setdefault(member.content_id, []).append(member)
     row_of = {int(c): i for i, c in enumerate(rep_contents)}
 
-    groups = [_group("exact", by_content[int(c)], vectors, row_of) for c in exact_contents]
+    # An ingest may remove images while we read: a group left with one member is no group.
+    exact = [by_content.get(int(c), []) for c in exact_contents]
+    groups = [_group("exact", m, vectors, row_of) for m in exact if len(m) > 1]
     groups.sort(key=lambda g: g["keep"])
-    near = [
-        _group("near", [m for c in contents for m in by_content[int(c)]], vectors, row_of)
-        for contents in near_sets
+    near_members = [
+        [m for c in contents for m in by_content.get(int(c), [])] for contents in near_sets
     ]
+    near = [_group("near", m, vectors, row_of) for m in near_members if len(m) > 1]
     groups.extend(sorted(near, key=lambda g: g["keep"]))
     result["groups"] = groups
     log.info(
         "%d exact and %d near duplicate groups (threshold %.4f)",
-        len(exact_contents),
+        len(groups) - len(near),
         len(near),
         threshold,
     )
     return result
 
 
-def others(result: dict) -> list[str]:
-    """Every group's non-keepers, sorted. Keepers follow one total order, so a near group's
-    keeper also keeps its exact groups, and an exact keeper it outranks is listed."""
-    return sorted(
-        {m["path"] for g in result["groups"] for m in g["members"] if m["path"] != g["keep"]}
-    )
+@dataclass
+class Others:
+    """The non-keepers that may be listed for deletion, and why the others were left out."""
+
+    paths: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
-def _group(kind: str, members: list[_Member], vectors: np.ndarray, row_of: dict[int, int]) -> dict:
-    keeper = min(members, key=lambda m: m.keep_key)
+def others(library: Library, result: dict) -> Others:
+    """Every group's non-keepers, sorted, that are still the very file that was ingested.
+
+    Keepers follow one total order, so a near group's keeper also keeps its exact groups, and an
+    exact keeper it outranks is listed. Nothing is listed on the strength of a path alone: a
+    member whose file changed or vanished since it was ingested is left out, and so are all of a
+    group's others when its keeper changed or vanished (they may be the only copy left).
+    """
+    ids = {m["id"] for g in result["groups"] for m in g["members"]}
+    images = library.store.images.by_ids(ids)
+    same = {i: i in images and still_same(images[i].identity) for i in ids}
+    listed: set[str] = set()
+    left_out: dict[str, str] = {}
+    for group in result["groups"]:
+        keeper, *rest = group["members"]
+        if not same[keeper["id"]]:
+            for member in rest:
+                left_out.setdefault(
+                    member["path"],
+                    f"{display(member['path'])}: not listed: its keeper"
+                    f" {display(keeper['path'])} changed or is gone since it was ingested",
+                )
+            continue
+        for member in rest:
+            if same[member["id"]]:
+                listed.add(member["path"])
+            else:
+                left_out.setdefault(
+                    member["path"],
+                    f"{display(member['path'])}: not listed: it changed or is gone since it was"
+                    " ingested",
+                )
+    warnings = [left_out[p] for p in sorted(left_out) if p not in listed]
+    return Others(sorted(listed), warnings)
+
+
+@dataclass
+class ListFile:
+    """The bytes of a --list-others file, and the paths it could not hold."""
+
+    data: bytes
+    written: int
+    left_out: list[str]
+
+
+def list_file(paths: Iterable[str], *, null: bool = False) -> ListFile:
+    """Paths as a list file: one per line, or NUL-terminated raw bytes (`null`, for xargs -0).
+
+    One per line cannot hold a name with a line break (it would read as two paths, perhaps of
+    other, existing files) or one that is not UTF-8: such paths are left out, never written.
+    """
+    out: list[bytes] = []
+    left_out: list[str] = []
+    for path in paths:
+        raw = os.fsencode(path)
+        if null:
+            out.append(raw + b"\0")
+        elif path.splitlines() == [path] and _is_utf8(raw):
+            out.append(raw + b"\n")
+        else:
+            left_out.append(path)
+    return ListFile(b"".join(out), len(out), left_out)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _group(
+    kind: str, members: list[StoredImage], vectors: np.ndarray, row_of: dict[int, int]
+) -> dict:
+    keeper = min(members, key=_keep_key)
     anchor = vectors[row_of[keeper.content_id]]
     scored = sorted(
         (
@@ -206,62 +277,18 @@ def _group(kind: str, members: list[_Member], vectors: np.ndarray, row_of: dict[
     )
     return {
         "kind": kind,
-        "members": [{"path": m.path, "score": round(s, 6)} for m, s in scored],
+        "members": [{"id": m.id, "path": m.path, "score": round(s, 6)} for m, s in scored],
         "keep": keeper.path,
     }
 
 
-def _scope(library: Library, under: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids, content ids) of the images in scope."""
-    query = select(Image.id, Image.content_id)
-    if under is not None:
-        query = query.where(under_clause(Image.path, Path(under).expanduser().absolute()))
-    with library.sessions() as session:
-        rows = session.execute(query).all()
-    pairs = np.array(rows, np.int64).reshape(-1, 2)
-    return pairs[:, 0].copy(), pairs[:, 1].copy()
-
-
-def _content_vectors(
-    library: Library, spec_id: int, feature: str, contents: np.ndarray, dim: int
-) -> np.ndarray:
-    """The feature's vectors of `contents`, in that order."""
-    out = np.empty((len(contents), dim), np.float32)
-    position = {int(c): i for i, c in enumerate(contents)}
-    with library.sessions() as session:
-        for start in range(0, len(contents), ID_CHUNK):
-            chunk = [int(c) for c in contents[start : start + ID_CHUNK]]
-            rows = session.execute(
-                select(Vector.content_id, Vector.data).where(
-                    Vector.spec_id == spec_id,
-                    Vector.feature == feature,
-                    Vector.content_id.in_(chunk),
-                )
-            ).all()
-            if len(rows) != len(chunk):
-                raise LibraryError(
-                    f"{len(chunk) - len(rows)} images have no stored {feature} vector;"
-                    " run `vitdex ingest` on their folders again"
-                )
-            out[[position[r[0]] for r in rows]] = stack_blobs([r[1] for r in rows], dim)
-    return out
-
-
-def _calibration_sample(library: Library, spec_id: int, feature: str, dim: int) -> np.ndarray:
+def _calibration_sample(library: Library, spec: StoredSpec, feature: str) -> np.ndarray:
     """Vectors of up to CALIBRATION_SAMPLE contents of the whole library (fixed seed)."""
-    with library.sessions() as session:
-        contents = np.fromiter(
-            session.scalars(
-                select(Vector.content_id).where(
-                    Vector.spec_id == spec_id, Vector.feature == feature
-                )
-            ),
-            np.int64,
-        )
+    contents = library.store.vectors.content_ids(spec, feature)
     if len(contents) > CALIBRATION_SAMPLE:
         rng = np.random.default_rng(0)
         contents = np.sort(rng.choice(contents, CALIBRATION_SAMPLE, replace=False))
-    return _content_vectors(library, spec_id, feature, contents, dim)
+    return library.store.vectors.of_contents(spec, feature, contents)
 
 
 def _graph_index(
@@ -277,39 +304,6 @@ def _graph_index(
     if index.ntotal == len(rep_ids) and np.isin(rep_ids, index.ids()).all():
         return index
     return _Restricted(index, rep_ids)
-
-
-def _members(library: Library, image_ids: np.ndarray) -> list[_Member]:
-    members = []
-    with library.sessions() as session:
-        for start in range(0, len(image_ids), ID_CHUNK):
-            chunk = [int(i) for i in image_ids[start : start + ID_CHUNK]]
-            rows = session.execute(
-                select(
-                    Image.id,
-                    Image.path,
-                    Image.content_id,
-                    Image.size,
-                    Image.mtime_ns,
-                    Content.width,
-                    Content.height,
-                    Content.taken_at,
-                )
-                .join(Content, Content.id == Image.content_id)
-                .where(Image.id.in_(chunk))
-            ).all()
-            members.extend(
-                _Member(
-                    r.id,
-                    r.path,
-                    r.content_id,
-                    r.width * r.height,
-                    r.size,
-                    _capture_time(r.taken_at, r.mtime_ns),
-                )
-                for r in rows
-            )
-    return members
 
 
 def _capture_time(taken_at: str | None, mtime_ns: int) -> float:

@@ -8,20 +8,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitdex.probes.errors import LabelError
+from vitdex.storage import canonical
 
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    path: str  # absolute and normalised, spelled the way ingest stores it
+    path: str  # canonical (symlinks resolved), the one spelling the library stores
     label: str
 
 
 def absolute_path(path: str | Path, base: Path | None = None) -> str:
-    """The spelling ingest stores: absolute, `..` collapsed, symlinks kept."""
+    """The spelling the library stores: canonical, so any spelling of a file finds its image."""
     path = Path(path).expanduser()
     if base is not None and not path.is_absolute():
         path = base / path
-    return os.path.normpath(path.absolute())
+    return canonical(path)
 
 
 def read_csv_labels(csv_path: str | Path) -> list[Example]:
@@ -32,8 +33,10 @@ def read_csv_labels(csv_path: str | Path) -> list[Example]:
             reader = csv.DictReader(handle)
             header = [name.strip().lower() for name in reader.fieldnames or []]
             if "path" not in header or "label" not in header:
-                raise LabelError(f"{csv_path}: the first line must be a `path,label` header,"
-                                 f" got {reader.fieldnames}")
+                raise LabelError(
+                    f"{csv_path}: the first line must be a `path,label` header,"
+                    f" got {reader.fieldnames}"
+                )
             reader.fieldnames = header
             base = csv_path.absolute().parent
             examples = []
@@ -62,8 +65,9 @@ def read_folder_labels(root: str | Path) -> list[Example]:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             examples.extend(
-                Example(os.path.join(dirpath, name), folder.name)
-                for name in sorted(filenames) if not name.startswith(".")
+                Example(canonical(os.path.join(dirpath, name)), folder.name)
+                for name in sorted(filenames)
+                if not name.startswith(".")
             )
     if not examples:
         raise LabelError(f"{root_path}: no files in class subfolders (expected ROOT/LABEL/IMAGE)")

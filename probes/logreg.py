@@ -104,8 +104,7 @@ def fit(
     sample_weight = None
     if balanced:
         sample_weight = torch.from_numpy(class_weights(y, n_classes)[y].astype(np.float32))
-    precondition, restore = _preconditioner(
-        covariance(x) if cov is None else cov, n_classes, l2)
+    precondition, restore = _preconditioner(covariance(x) if cov is None else cov, n_classes, l2)
     precondition_t = precondition.T.contiguous()  # dL/dV = dL/dW A^T
     theta = torch.zeros(n_classes * (dim + 1))
     variables, bias = theta[: n_classes * dim].view(n_classes, dim), theta[n_classes * dim :]
@@ -138,8 +137,9 @@ def fit(
         with _threads(threads):
             weight_gradient = torch.addmm(w, residual.T, features, alpha=1.0, beta=l2)
         gradient = torch.empty_like(theta)
-        torch.mm(weight_gradient, precondition_t,
-                 out=gradient[: n_classes * dim].view(n_classes, dim))
+        torch.mm(
+            weight_gradient, precondition_t, out=gradient[: n_classes * dim].view(n_classes, dim)
+        )
         torch.sum(residual, dim=0, out=gradient[n_classes * dim :])
         return float(loss) + 0.5 * l2 * float(w.pow(2).sum()), gradient
 
@@ -147,12 +147,23 @@ def fit(
         # Near a uniform start the Hessian in (V, b) is about I / K: a first step of K times the
         # gradient is about Newton's, where torch's L-BFGS would start tiny and extrapolate.
         theta, iterations, evaluations = lbfgs(
-            loss_and_gradient, theta, first_scale=float(n_classes), max_iter=max_iter,
-            grad_tolerance=GRAD_TOLERANCE, loss_tolerance=loss_tolerance,
+            loss_and_gradient,
+            theta,
+            first_scale=float(n_classes),
+            max_iter=max_iter,
+            grad_tolerance=GRAD_TOLERANCE,
+            loss_tolerance=loss_tolerance,
         )
         w = (theta[: n_classes * dim].view(n_classes, dim) @ precondition).numpy()
-    log.debug("fit: %d x %d, %d classes, l2 %.3g: %d iterations, %d evaluations",
-              n, dim, n_classes, l2, iterations, evaluations)
+    log.debug(
+        "fit: %d x %d, %d classes, l2 %.3g: %d iterations, %d evaluations",
+        n,
+        dim,
+        n_classes,
+        l2,
+        iterations,
+        evaluations,
+    )
     b = (theta[n_classes * dim :].numpy() - w @ mean).astype(np.float32)
     return LinearModel(w.astype(np.float32), b), iterations
 
@@ -220,8 +231,6 @@ def lbfgs(
     return theta, iterations, evaluations
 
 
-
-
 def covariance(x: np.ndarray) -> torch.Tensor:
     """The covariance of x (float64), from at most PRECONDITION_SAMPLE evenly spaced rows."""
     sample = torch.from_numpy(np.asarray(x, np.float32)[:: max(1, len(x) // PRECONDITION_SAMPLE)])
@@ -238,8 +247,9 @@ def _preconditioner(cov: torch.Tensor, n_classes: int, l2: float) -> tuple[torch
     """
     floor = n_classes * l2 + 1e-9 * float(cov.diagonal().mean())
     lower = torch.linalg.cholesky(cov + floor * torch.eye(len(cov), dtype=cov.dtype))
-    inverse = torch.linalg.solve_triangular(lower, torch.eye(len(cov), dtype=cov.dtype),
-                                            upper=False)
+    inverse = torch.linalg.solve_triangular(
+        lower, torch.eye(len(cov), dtype=cov.dtype), upper=False
+    )
     return inverse.float(), lower.float()
 
 
@@ -285,12 +295,27 @@ def sweep(
     for c in sorted(grid):
         started = time.perf_counter()
         l2 = 1.0 / (c * len(fit_idx))
-        model, iterations = fit(fit_x, y[fit_idx], n_classes, l2, balanced=balanced,
-                                init=model, max_iter=SWEEP_MAX_ITER, cov=fit_cov)
+        model, iterations = fit(
+            fit_x,
+            y[fit_idx],
+            n_classes,
+            l2,
+            balanced=balanced,
+            init=model,
+            max_iter=SWEEP_MAX_ITER,
+            cov=fit_cov,
+        )
         scores = score(model, x[val_idx], y[val_idx], n_classes)
-        rows.append({"C": c, "l2": l2, "iterations": iterations, "fit_examples": len(fit_idx),
-                     "seconds": time.perf_counter() - started,
-                     **{f"val_{name}": value for name, value in scores.items()}})
+        rows.append(
+            {
+                "C": c,
+                "l2": l2,
+                "iterations": iterations,
+                "fit_examples": len(fit_idx),
+                "seconds": time.perf_counter() - started,
+                **{f"val_{name}": value for name, value in scores.items()},
+            }
+        )
         key = (scores[selected_by], -scores["log_loss"])
         if best is None or key > best:
             best, best_model, best_c, worse_in_a_row = key, model, c, 0
@@ -321,6 +346,9 @@ def refit(x: np.ndarray, y: np.ndarray, n_classes: int, swept: Tuned, *, balance
     started = time.perf_counter()
     l2 = 1.0 / (swept.c * len(y))
     final, iterations = fit(x, y, n_classes, l2, balanced=balanced, init=swept.model)
-    record = {"iterations": iterations, "examples": len(y),
-              "seconds": time.perf_counter() - started}
+    record = {
+        "iterations": iterations,
+        "examples": len(y),
+        "seconds": time.perf_counter() - started,
+    }
     return Tuned(final, swept.c, l2, swept.sweep, swept.selected_by, record)

@@ -57,8 +57,12 @@ def classification_report(y_true: np.ndarray, proba: np.ndarray, classes: Sequen
         report["top5_accuracy"] = top_k_accuracy(y_true, proba, 5)
     report["log_loss"] = log_loss(y_true, proba)
     report["per_class"] = {
-        label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                "support": int(support[i])}
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, label in enumerate(classes)
     }
     report["confusion"] = confusion.tolist()

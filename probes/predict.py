@@ -35,8 +35,14 @@ def _rows(probe: SavedProbe, paths: Sequence[str], proba: np.ndarray, top: int) 
 
 
 def predict_paths(
-    library: Library, name: str, images: Sequence[str | Path], *, top: int = 3,
-    model: str | None = None, device: str = "auto", runtime: str | None = None,
+    library: Library,
+    name: str,
+    images: Sequence[str | Path],
+    *,
+    top: int = 3,
+    model: str | None = None,
+    device: str = "auto",
+    runtime: str | None = None,
 ) -> dict:
     """Labels of `images`: stored vectors for library images, the others embedded on the fly."""
     probe = get_probe(library, name)
@@ -56,28 +62,35 @@ def predict_paths(
 
 
 def predict_all(
-    library: Library, name: str, *, top: int = 3, progress: Callable[[int], None] | None = None,
+    library: Library,
+    name: str,
+    *,
+    top: int = 3,
+    progress: Callable[[int], None] | None = None,
+    wait: bool = False,
 ) -> dict:
-    """Label every image in the library and store the labels, replacing the probe's old ones."""
-    from vitdex.index.sync import stored_vectors
-    from vitdex.library.search import paths_of
+    """Label every image in the library and store the labels, replacing the probe's old ones.
 
-    probe = get_probe(library, name)
-    ids, vectors = stored_vectors(library, probe.feature)
-    labels: list[str] = []
-    scores = np.empty(len(ids), np.float32)
-    rows: list[dict] = []
-    for start in range(0, len(ids), CHUNK):
-        chunk_ids = ids[start:start + CHUNK]
-        proba = probe.model.proba(vectors[start:start + CHUNK])
-        paths = paths_of(library, chunk_ids.tolist())
-        chunk_rows = _rows(probe, [paths[int(i)] for i in chunk_ids], proba, top)
-        labels += [row["label"] for row in chunk_rows]
-        scores[start:start + len(chunk_ids)] = [row["score"] for row in chunk_rows]
-        rows += chunk_rows
-        if progress:
-            progress(len(chunk_ids))
-    stored = store_predictions(library, probe, ids, labels, scores)
+    A write: it holds the library's write lock throughout (`wait`: wait for another writer
+    instead of failing), so the images it labels are the ones it stores labels for.
+    """
+    with library.writing(wait=wait):
+        probe = get_probe(library, name)
+        ids, vectors = library.store.vectors.of_images(library.require_spec(), probe.feature)
+        labels: list[str] = []
+        scores = np.empty(len(ids), np.float32)
+        rows: list[dict] = []
+        for start in range(0, len(ids), CHUNK):
+            chunk_ids = ids[start : start + CHUNK]
+            proba = probe.model.proba(vectors[start : start + CHUNK])
+            images = library.store.images.by_ids(chunk_ids.tolist())
+            chunk_rows = _rows(probe, [images[int(i)].path for i in chunk_ids], proba, top)
+            labels += [row["label"] for row in chunk_rows]
+            scores[start : start + len(chunk_ids)] = [row["score"] for row in chunk_rows]
+            rows += chunk_rows
+            if progress:
+                progress(len(chunk_ids))
+        stored = store_predictions(library, probe, ids, labels, scores)
     tally = Counter(labels)
     counts = {label: tally[label] for label in probe.classes}
     return {"probe": probe.name, "stored": stored, "counts": counts, "predictions": rows}

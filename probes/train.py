@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitdex.library.search import check_feature
 from vitdex.probes.errors import LabelError
 from vitdex.probes.labels import Example
 from vitdex.probes.metrics import classification_report
@@ -49,14 +48,21 @@ def train_probe(
     model: str | None = None,
     device: str = "auto",
     runtime: str | None = None,
+    wait: bool = False,
 ) -> dict:
-    """Train, score and save probe `name`; returns its name, classes, metrics and skipped rows."""
+    """Train, score and save probe `name`; returns its name, classes, metrics and skipped rows.
+
+    Its writes (ingesting labelled images the library lacks, saving the probe) each hold the
+    library's write lock; `wait` waits for another writer instead of failing. Training itself
+    only reads, so it never holds the lock.
+    """
     check_name_free(library, name, replace=replace)
-    check_feature(library, feature)
+    library.check_feature(feature)
     if cv is not None and cv < 2:
         raise LabelError("--cv needs at least 2 folds")
-    data = labelled_vectors(library, examples, feature, model=model, device=device,
-                            runtime=runtime)
+    data = labelled_vectors(
+        library, examples, feature, model=model, device=device, runtime=runtime, wait=wait
+    )
     for row in data.skipped:
         log.warning("skipped %s (%s): %s", row["path"], row["label"], row["reason"])
     classes = sorted(set(data.labels))
@@ -77,32 +83,62 @@ def train_probe(
     }
     if "top5_accuracy" in validation:
         metrics["top5_accuracy"] = validation["top5_accuracy"]
-    metrics.update({
-        "validation": validation,
-        "regularization": {"C": final.c, "l2": final.l2,
-                           "selected_by": final.selected_by,
-                           "sweep": final.sweep, "refit": final.refit},
-        "train_seconds": train_seconds,
-        "examples": len(y),
-        "class_counts": {label: int(count) for label, count in
-                         zip(classes, np.bincount(y, minlength=n_classes), strict=True)},
-        "balanced": balanced,
-        "feature": feature,
-    })
+    metrics.update(
+        {
+            "validation": validation,
+            "regularization": {
+                "C": final.c,
+                "l2": final.l2,
+                "selected_by": final.selected_by,
+                "sweep": final.sweep,
+                "refit": final.refit,
+            },
+            "train_seconds": train_seconds,
+            "examples": len(y),
+            "class_counts": {
+                label: int(count)
+                for label, count in zip(classes, np.bincount(y, minlength=n_classes), strict=True)
+            },
+            "balanced": balanced,
+            "feature": feature,
+        }
+    )
     skipped = list(data.skipped)
     if cv is not None:
         metrics["cv"] = cross_validate(x, y, classes, cv, balanced=balanced, rng=rng)
     if test_examples is not None:
         test_report, test_skipped = score_test_set(
-            library, final.model, classes, test_examples, feature, set(data.paths),
-            model=model, device=device, runtime=runtime,
+            library,
+            final.model,
+            classes,
+            test_examples,
+            feature,
+            set(data.paths),
+            model=model,
+            device=device,
+            runtime=runtime,
+            wait=wait,
         )
         metrics["test"] = test_report
         skipped += [{**row, "set": "test"} for row in test_skipped]
-    save_probe(library, name, feature=feature, classes=classes, model=final.model,
-               metrics=metrics, replace=replace)
-    return {"name": name, "classes": classes, "feature": feature, "metrics": metrics,
-            "skipped": skipped, "ingested": data.ingested}
+    save_probe(
+        library,
+        name,
+        feature=feature,
+        classes=classes,
+        model=final.model,
+        metrics=metrics,
+        replace=replace,
+        wait=wait,
+    )
+    return {
+        "name": name,
+        "classes": classes,
+        "feature": feature,
+        "metrics": metrics,
+        "skipped": skipped,
+        "ingested": data.ingested,
+    }
 
 
 def fit_and_score(
@@ -123,7 +159,12 @@ def fit_and_score(
 
 
 def cross_validate(
-    x: np.ndarray, y: np.ndarray, classes: list[str], k: int, *, balanced: bool,
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    k: int,
+    *,
+    balanced: bool,
     rng: np.random.Generator,
 ) -> dict:
     """Pooled out-of-fold metrics of K stratified folds, plus each fold's accuracy."""
@@ -139,19 +180,29 @@ def cross_validate(
         proba[fold] = tuned.model.proba(x[fold])
         fold_accuracy.append(float(np.mean(proba[fold].argmax(axis=1) == y[fold])))
     report = classification_report(y, proba, classes)
-    report.update({"folds": k, "fold_accuracy": fold_accuracy,
-                   "accuracy_std": float(np.std(fold_accuracy))})
+    report.update(
+        {"folds": k, "fold_accuracy": fold_accuracy, "accuracy_std": float(np.std(fold_accuracy))}
+    )
     return report
 
 
 def score_test_set(
-    library: Library, probe_model: LinearModel, classes: list[str], examples: Sequence[Example],
-    feature: str, training_paths: set[str], *, model: str | None = None, device: str = "auto",
+    library: Library,
+    probe_model: LinearModel,
+    classes: list[str],
+    examples: Sequence[Example],
+    feature: str,
+    training_paths: set[str],
+    *,
+    model: str | None = None,
+    device: str = "auto",
     runtime: str | None = None,
+    wait: bool = False,
 ) -> tuple[dict, list[dict]]:
     """The final probe's report on an independent labelled set; rows it cannot score are skipped."""
-    data = labelled_vectors(library, examples, feature, model=model, device=device,
-                            runtime=runtime)
+    data = labelled_vectors(
+        library, examples, feature, model=model, device=device, runtime=runtime, wait=wait
+    )
     skipped = list(data.skipped)
     keep = []
     for i, (path, label) in enumerate(zip(data.paths, data.labels, strict=True)):

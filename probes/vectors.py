@@ -9,18 +9,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import select
 
-from vitdex.library.ingest import batched
 from vitdex.probes.labels import Example
-from vitdex.storage import Failure, Image, Vector, from_blob
 
 if TYPE_CHECKING:
     from vitdex.library.library import Library
 
 log = logging.getLogger(__name__)
-
-LOOKUP_CHUNK = 500
 
 
 @dataclass
@@ -37,28 +32,15 @@ class Labelled:
 def stored_by_path(
     library: Library, paths: Sequence[str], feature: str
 ) -> dict[str, tuple[int, np.ndarray]]:
-    """path -> (image id, vector) for the paths the library holds."""
-    spec = library.require_spec()
-    found: dict[str, tuple[int, np.ndarray]] = {}
-    for chunk in batched(paths, LOOKUP_CHUNK):
-        with library.sessions() as session:
-            rows = session.execute(
-                select(Image.path, Image.id, Vector.data)
-                .join(Vector, Vector.content_id == Image.content_id)
-                .where(Image.path.in_(chunk), Vector.feature == feature, Vector.spec_id == spec.id)
-            ).all()
-        found.update((row.path, (row.id, from_blob(row.data, spec.dim))) for row in rows)
-    return found
+    """path -> (image id, vector) for the (canonical) paths the library holds."""
+    spec = library.store.spec()
+    if spec is None:
+        return {}
+    return library.store.vectors.by_paths(spec, feature, paths)
 
 
 def _failure_reasons(library: Library, paths: Sequence[str]) -> dict[str, str]:
-    reasons: dict[str, str] = {}
-    for chunk in batched(paths, LOOKUP_CHUNK):
-        with library.sessions() as session:
-            reasons.update(tuple(row) for row in session.execute(
-                select(Failure.path, Failure.error).where(Failure.path.in_(chunk))
-            ))
-    return reasons
+    return {f.path: f.error for f in library.store.images.failures(paths=paths)} if paths else {}
 
 
 def labelled_vectors(
@@ -69,32 +51,44 @@ def labelled_vectors(
     model: str | None = None,
     device: str = "auto",
     runtime: str | None = None,
+    wait: bool = False,
 ) -> Labelled:
     """The feature's vectors of `examples`; files not in the library are ingested first.
 
     Missing files, files that cannot be read as images and repeated paths are skipped, each with
-    its reason.
+    its reason. The ingest holds the write lock (`wait`: wait for another writer, else fail).
     """
     skipped: list[dict] = []
     seen: dict[str, str] = {}
     usable: list[Example] = []
     for example in examples:
         if example.path in seen:
-            skipped.append({"path": example.path, "label": example.label,
-                            "reason": f"listed again (first as {seen[example.path]!r})"})
+            skipped.append(
+                {
+                    "path": example.path,
+                    "label": example.label,
+                    "reason": f"listed again (first as {seen[example.path]!r})",
+                }
+            )
         elif not os.path.isfile(example.path):
             skipped.append({"path": example.path, "label": example.label, "reason": "no such file"})
         else:
             seen[example.path] = example.label
             usable.append(example)
     paths = [e.path for e in usable]
-    stored = stored_by_path(library, paths, feature) if library.spec_row is not None else {}
+    stored = stored_by_path(library, paths, feature)
     missing = [p for p in paths if p not in stored]
     ingested = 0
     if missing:
         log.info("ingesting %d labelled images not in the library yet", len(missing))
-        report = library.ingest(missing, model=model, device=device, runtime=runtime,
-                                index_features=(feature,))
+        report = library.ingest(
+            missing,
+            model=model,
+            device=device,
+            runtime=runtime,
+            wait=wait,
+            index_features=(feature,),
+        )
         ingested = report.added + report.updated + report.moved
         stored.update(stored_by_path(library, missing, feature))
     reasons = _failure_reasons(library, [p for p in missing if p not in stored])
@@ -106,6 +100,7 @@ def labelled_vectors(
             reason = reasons.get(example.path, "not an image file vitdex can read")
             skipped.append({"path": example.path, "label": example.label, "reason": reason})
     dim = library.require_spec().dim
-    vectors = (np.stack([stored[e.path][1] for e in kept]) if kept
-               else np.empty((0, dim), np.float32))
+    vectors = (
+        np.stack([stored[e.path][1] for e in kept]) if kept else np.empty((0, dim), np.float32)
+    )
     return Labelled([e.path for e in kept], [e.label for e in kept], vectors, skipped, ingested)

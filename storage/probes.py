@@ -74,9 +74,9 @@ class Probes:
             return [_probe(row, n) for row, n in s.execute(_with_counts().order_by(Probe.name))]
 
     def get(self, name: str) -> StoredProbe | None:
-        with self.store.snapshot() as s:
+        with self.store.snapshot() as s:  # read the row before the snapshot ends and expires it
             row = s.execute(_with_counts().where(Probe.name == name)).first()
-        return None if row is None else _probe(*row)
+            return None if row is None else _probe(*row)
 
     def save(
         self,

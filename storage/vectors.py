@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import func, insert, select
 
+from vitdex.storage.errors import StorageError
 from vitdex.storage.files import to_db
 from vitdex.storage.images import chunks
 from vitdex.storage.models import Image, Removal, Vector
@@ -138,10 +139,20 @@ class Vectors:
                 found.update((from_db(r[0]), (r[1], from_blob(r[2], spec.dim))) for r in rows)
         return found
 
+    def content_ids(self, spec: StoredSpec, feature: str) -> np.ndarray:
+        """Every content that has a vector of this feature, by id."""
+        with self.store.snapshot() as s:
+            return np.fromiter(
+                s.scalars(select(Vector.content_id).where(
+                    Vector.spec_id == spec.id, Vector.feature == feature
+                ).order_by(Vector.content_id)), np.int64,
+            )  # fmt: skip
+
     def of_contents(self, spec: StoredSpec, feature: str, content_ids: np.ndarray) -> np.ndarray:
-        """Vectors of these contents, in the given order."""
+        """Vectors of these contents, in the given order; a content without one is an error."""
         out = np.empty((len(content_ids), spec.dim), np.float32)
         position = {int(c): i for i, c in enumerate(content_ids)}
+        found = 0
         with self.store.snapshot() as s:
             for part in chunks(position, 5000):
                 rows = s.execute(
@@ -153,4 +164,10 @@ class Vectors:
                 out[[position[r[0]] for r in rows]] = np.frombuffer(
                     b"".join(r[1] for r in rows), "<f4"
                 ).reshape(len(rows), spec.dim)
+                found += len(rows)
+        if found != len(position):
+            raise StorageError(
+                f"{self.store.folder}: {len(position) - found} images have no stored {feature}"
+                " vector; run `vitdex ingest` on their folders again"
+            )
         return out

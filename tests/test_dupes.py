@@ -49,8 +49,9 @@ def library(tmp_path_factory, tiny_model) -> Path:
     os.utime(photos / "d0.jpg", ns=(10**17, 10**17))
     folder = root / "lib"
     with Library.open(folder, create=True) as lib:
-        report = lib.ingest([photos], model=str(tiny_model), device="cpu",
-                            index_features=("cls", "mean"))
+        report = lib.ingest(
+            [photos], model=str(tiny_model), device="cpu", index_features=("cls", "mean")
+        )
     assert report.added == 20 and not report.failed
     return folder
 
@@ -71,8 +72,11 @@ def summary(result: dict) -> set[tuple[str, frozenset[str], str]]:
 EXPECTED = {
     ("exact", frozenset({"d0.jpg", "d0_copy.jpg"}), "d0.jpg"),
     ("exact", frozenset({"d3.jpg", "d3_copy.jpg"}), "d3.jpg"),
-    ("near", frozenset({"d0.jpg", "d0_copy.jpg", "d0_small.jpg", "d0_q30.jpg", "d0_rot.jpg"}),
-     "d0.jpg"),
+    (
+        "near",
+        frozenset({"d0.jpg", "d0_copy.jpg", "d0_small.jpg", "d0_q30.jpg", "d0_rot.jpg"}),
+        "d0.jpg",
+    ),
     ("near", frozenset({"d1.jpg", "d1_big.jpg", "d1_q30.jpg", "d1_rot.jpg"}), "d1_big.jpg"),
 }
 
@@ -102,8 +106,11 @@ def test_threshold_is_relative_to_the_library_scale(library):
     # the tiny model's distinct photos are all within cosine ~0.89 of each other
     assert 0.99 < auto["threshold"] < 1.0
     assert summary(loose) - EXPECTED == {
-        ("near", frozenset(p.name for p in library.parent.joinpath("photos").rglob("*.jpg")),
-         "d1_big.jpg")
+        (
+            "near",
+            frozenset(p.name for p in library.parent.joinpath("photos").rglob("*.jpg")),
+            "d1_big.jpg",
+        )
     }
     assert loose["threshold_source"] == "given"
 
@@ -121,12 +128,14 @@ def test_auto_threshold_rule():
     assert auto_threshold(x[: MIN_CALIBRATION - 1]) == (1 - RELATIVE_RADIUS, 1.0)
 
 
-def test_filtered_library_index_gives_the_same_groups(library, monkeypatch):
+def test_filtered_library_index_gives_the_same_groups(library, monkeypatch, tmp_path):
     """Past the flat size, the library's own IVF index is searched through an id filter."""
     import vitdex.index.vector_index as vector_index
 
     monkeypatch.setattr(vector_index, "FLAT_MAX_N", 4)
-    with Library.open(library) as lib:
+    shutil.copytree(library, tmp_path / "lib")
+    with Library.open(tmp_path / "lib") as lib:
+        lib.rebuild_index("cls", "ivfsq8")
         assert lib.index("cls").kind == "ivfsq8"
         assert summary(find_duplicates(lib)) == EXPECTED
 
@@ -136,11 +145,19 @@ def test_cli_json_and_list_others(library, tmp_path):
     data = json.loads(run("dupes", "--library", library, "--json", "--list-others", others))
     assert set(data) >= {"groups", "threshold", "rule", "feature"}
     assert summary(data) == EXPECTED
-    assert all(set(m) == {"path", "score"} for g in data["groups"] for m in g["members"])
+    assert all(set(m) == {"id", "path", "score"} for g in data["groups"] for m in g["members"])
     listed = [Path(p).name for p in others.read_text().splitlines()]
     assert sorted(listed) == sorted(
-        ["d0_copy.jpg", "d3_copy.jpg", "d0_small.jpg", "d0_q30.jpg", "d0_rot.jpg",
-         "d1.jpg", "d1_q30.jpg", "d1_rot.jpg"]
+        [
+            "d0_copy.jpg",
+            "d3_copy.jpg",
+            "d0_small.jpg",
+            "d0_q30.jpg",
+            "d0_rot.jpg",
+            "d1.jpg",
+            "d1_q30.jpg",
+            "d1_rot.jpg",
+        ]
     )
     assert all(Path(p).is_file() for p in others.read_text().splitlines())  # nothing touched
 
@@ -149,9 +166,7 @@ def test_cli_under_and_table(library):
     photos = library.parent / "photos"
     data = json.loads(run("dupes", "--library", library, "--under", photos / "sub", "--json"))
     # only d0_copy and d0_small are below sub/: d0_copy's exact twin is outside
-    assert summary(data) == {
-        ("near", frozenset({"d0_copy.jpg", "d0_small.jpg"}), "d0_copy.jpg")
-    }
+    assert summary(data) == {("near", frozenset({"d0_copy.jpg", "d0_small.jpg"}), "d0_copy.jpg")}
     table = run("dupes", "--library", library, "--feature", "mean")
     assert "group 4 (near, 4 images)" in table and str(photos / "d1_big.jpg") in table
     assert run("dupes", "--library", library, "--under", photos / "others") == "no duplicates\n"

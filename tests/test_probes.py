@@ -13,8 +13,15 @@ from vitdex.probes.metrics import classification_report
 from vitdex.probes.split import check_splittable, stratified_folds, stratified_split
 
 
-def gaussian_classes(n: int, dim: int, n_classes: int, *, spread: float, seed: int,
-                     weights: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def gaussian_classes(
+    n: int,
+    dim: int,
+    n_classes: int,
+    *,
+    spread: float,
+    seed: int,
+    weights: list[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Overlapping Gaussian classes around a shared direction, L2-normalised like embeddings."""
     rng = np.random.default_rng(seed)
     centre_rng = np.random.default_rng(1000)  # the same classes for every seed
@@ -76,7 +83,8 @@ def test_metrics_match_scikit_learn():
     for i, label in enumerate(classes):
         row = report["per_class"][label]
         assert (row["precision"], row["recall"], row["f1"]) == pytest.approx(
-            (precision[i], recall[i], f1[i]))
+            (precision[i], recall[i], f1[i])
+        )
         assert row["support"] == support[i]
 
 
@@ -94,8 +102,12 @@ def test_fit_minimises_scikit_learns_objective(balanced):
     x, y = gaussian_classes(400, 48, 5, spread=0.4, seed=0, weights=[0.4, 0.3, 0.15, 0.1, 0.05])
     l2 = 1e-3
     model, _ = fit(x, y, 5, l2, balanced=balanced, loss_tolerance=1e-9)
-    reference = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=10_000,
-                                   class_weight="balanced" if balanced else None).fit(x, y)
+    reference = LogisticRegression(
+        C=1 / (l2 * len(y)),
+        tol=1e-10,
+        max_iter=10_000,
+        class_weight="balanced" if balanced else None,
+    ).fit(x, y)
     assert np.abs(model.proba(x) - reference.predict_proba(x)).max() < 3e-3
 
 
@@ -121,8 +133,13 @@ def test_lbfgs_minimises_an_ill_conditioned_quadratic():
         return float(0.5 * (curvature * delta * delta).sum()), curvature * delta
 
     theta, iterations, evaluations = lbfgs(
-        loss_and_gradient, torch.zeros(500), first_scale=1.0, max_iter=500, grad_tolerance=1e-6,
-        loss_tolerance=0.0)
+        loss_and_gradient,
+        torch.zeros(500),
+        first_scale=1.0,
+        max_iter=500,
+        grad_tolerance=1e-6,
+        loss_tolerance=0.0,
+    )
     assert float((curvature * (theta - target)).abs().max()) <= 1e-6
     assert iterations < 500 and evaluations < 1.2 * iterations + 5  # mostly one per iteration
 
@@ -153,8 +170,10 @@ def test_tuned_accuracy_matches_scikit_learn_tuned_on_the_same_split():
     reference = LogisticRegression(C=best[1], max_iter=5000).fit(x, y)
     theirs = reference.score(x_test, y_test)
     assert 0.5 < theirs < 0.97, "the fixture should be neither trivial nor hopeless"
-    print(f"test accuracy: vitdex {ours:.4f} (C {tuned.c:g}), scikit-learn {theirs:.4f}"
-          f" (C {best[1]:g})")
+    print(
+        f"test accuracy: vitdex {ours:.4f} (C {tuned.c:g}), scikit-learn {theirs:.4f}"
+        f" (C {best[1]:g})"
+    )
     assert abs(ours - theirs) <= 0.01
     assert [row["C"] for row in tuned.sweep] == sorted(C_GRID)[: len(tuned.sweep)]
 
@@ -192,6 +211,7 @@ def test_folders_label_by_subfolder(tmp_path):
         (tmp_path / name).write_bytes(b"")
     rows = read_folder_labels(tmp_path)
     assert sorted((r.label, r.path) for r in rows) == [
-        ("cat", str(tmp_path / "cat" / "1.jpg")), ("cat", str(tmp_path / "cat" / "deep" / "2.jpg")),
+        ("cat", str(tmp_path / "cat" / "1.jpg")),
+        ("cat", str(tmp_path / "cat" / "deep" / "2.jpg")),
         ("dog", str(tmp_path / "dog" / "3.jpg")),
     ]

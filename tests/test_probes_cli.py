@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from sqlalchemy import update
 
 from vitdex.cli.main import main
-from vitdex.storage import Probe
 
 COLOURS = {"red": (200, 40, 30), "green": (30, 180, 50), "blue": (40, 60, 210)}
 PER_CLASS = 8
@@ -101,10 +104,12 @@ def test_saved_probe_is_listed_shown_and_bound_to_the_spec(trained):
     )
     assert shown["metrics"] == trained["data"]["metrics"]
     assert "validation (" in run("probe", "show", "colours", "--library", trained["library"]).stdout
-    with Library.open(trained["library"]) as library, library.sessions() as session:
-        probe = session.query(Probe).one()
-        assert probe.spec_key == library.require_spec().key
-        assert len(probe.weights) == 4 * 3 * probe.dim and len(probe.bias) == 4 * 3
+    with Library.open(trained["library"]) as library:
+        (probe,) = library.store.probes.all()
+        spec = library.require_spec()
+        assert probe.spec_key == spec.key
+        assert probe.weights.shape == (3, spec.dim) and probe.bias.shape == (3,)
+        assert probe.weights.dtype == probe.bias.dtype == np.float32
 
 
 def test_predict_files_inside_and_outside_the_library(trained):
@@ -154,9 +159,9 @@ def test_predict_all_then_search_by_label(trained):
     # Predicting again replaces the stored rows rather than adding to them.
     run("probe", "predict", "colours", "--all", *common)
     with Library.open(library) as opened:
-        from vitdex.probes.store import get_probe, prediction_count
+        from vitdex.probes.store import get_probe
 
-        assert prediction_count(opened, get_probe(opened, "colours").id) == 3 * PER_CLASS
+        assert get_probe(opened, "colours").predictions == 3 * PER_CLASS
     unknown = run("search", query, "--probe", "colours", "--label", "purple", *common, ok=False)
     assert unknown.exit_code == 1 and "blue, green, red" in unknown.output
     assert run("search", query, "--probe", "colours", *common, ok=False).exit_code == 2
@@ -178,9 +183,13 @@ def test_probe_of_another_spec_is_refused(trained):
     from vitdex.library import Library
 
     common = trained["common"]
-    run("probe", "train", "foreign", "--folders", trained["classes"], *common)
-    with Library.open(trained["library"]) as library, library.sessions.begin() as session:
-        session.execute(update(Probe).where(Probe.name == "foreign").values(spec_key="0" * 16))
+    with Library.open(trained["library"]) as library:
+        spec = library.require_spec()
+        probe = library.store.probes.get("colours")
+        library.store.probes.save(
+            dataclasses.replace(spec, key="0" * 16), "foreign", feature="cls",
+            classes=probe.classes, weights=probe.weights, bias=probe.bias, metrics=probe.metrics,
+        )  # fmt: skip
     refused = run("probe", "predict", "foreign", trained["queries"]["red"], *common, ok=False)
     assert refused.exit_code == 1 and "spec" in refused.output and "--replace" in refused.output
     listed = json.loads(run("probe", "list", "--json", *common[:2]).stdout)["probes"]
@@ -205,3 +214,68 @@ def test_usage_errors(trained):
     common = trained["common"]
     assert run("probe", "train", "x", *common, ok=False).exit_code == 2
     assert run("probe", "predict", "colours", *common, ok=False).exit_code == 2
+
+
+@contextmanager
+def lock_held_by_another_process(library: Path) -> Iterator[int]:
+    """A real second process holding the library's write lock until its stdin closes."""
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom vitdex.library.lock import write_lock\n"
+        "with write_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(library)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+def test_writers_refuse_a_library_another_process_is_writing(trained):
+    """probe predict --all, train and delete write, so each takes the write lock: beside an
+    ingest they fail with one clear line (exit 1) instead of breaking it; --wait waits."""
+    from vitdex.library import Library
+    from vitdex.probes.store import get_probe, probe_names
+
+    common, library = trained["common"], trained["library"]
+    with Library.open(library) as opened:
+        before = get_probe(opened, "colours").predictions
+    with lock_held_by_another_process(library) as pid:
+        for args in (
+            ["probe", "predict", "colours", "--all", *common],
+            ["probe", "train", "locked", "--folders", trained["classes"], *common],
+            ["probe", "delete", "colours", *common[:2]],
+        ):
+            refused = run(*args, ok=False)
+            assert refused.exit_code == 1, args
+            assert f"is being written by pid {pid}" in refused.output, args
+            assert "--wait" in refused.output and "Traceback" not in refused.output, args
+    with Library.open(library) as opened:
+        assert get_probe(opened, "colours").predictions == before
+        assert "locked" not in probe_names(opened)
+    stored = json.loads(run("probe", "predict", "colours", "--all", "--wait", "--json",
+                            *common).stdout)  # fmt: skip
+    assert stored["stored"] == 3 * PER_CLASS
+
+
+def test_stored_predictions_skip_images_removed_meanwhile(trained):
+    """An image removed between reading the vectors and storing the labels is skipped, never a
+    foreign-key error."""
+    from vitdex.library import Library
+    from vitdex.probes.predict import predict_all
+    from vitdex.probes.store import get_probe, store_predictions
+
+    with Library.open(trained["library"]) as library:
+        probe = get_probe(library, "colours")
+        ids = np.append(library.store.images.ids(), 10**9)
+        with library.writing():
+            stored = store_predictions(
+                library, probe, ids, ["red"] * len(ids), np.ones(len(ids), np.float32)
+            )
+        assert stored == len(ids) - 1 == 3 * PER_CLASS
+        assert get_probe(library, "colours").predictions == 3 * PER_CLASS
+        predict_all(library, "colours")  # the real labels back, for the other tests
