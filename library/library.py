@@ -43,6 +43,7 @@ class Library:
         self.store = Store(self.folder, create=create)
         self.indexes = IndexManager(self.store, self.folder / "index")
         self._embedder: Embedder | None = None
+        self._writing = False
 
     @classmethod
     def open(cls, folder: str | Path | None = None, *, create: bool = False) -> Library:
@@ -64,11 +65,19 @@ class Library:
 
     @contextmanager
     def writing(self, *, wait: bool = False) -> Iterator[None]:
-        """The library's write lock, held by every writer (never needed to read)."""
+        """The library's write lock, held by every writer (never needed to read). Reentrant
+        within this Library: a writer may call another writer (probe train ingests)."""
         if self.read_only:
             raise ReadOnlyLibraryError(f"library {self.folder} is read-only: it cannot be changed")
-        with write_lock(self.folder, wait=wait):
+        if self._writing:
             yield
+            return
+        with write_lock(self.folder, wait=wait):
+            self._writing = True
+            try:
+                yield
+            finally:
+                self._writing = False
 
     # --- spec ---
     @property

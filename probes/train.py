@@ -52,10 +52,32 @@ def train_probe(
 ) -> dict:
     """Train, score and save probe `name`; returns its name, classes, metrics and skipped rows.
 
-    Its writes (ingesting labelled images the library lacks, saving the probe) each hold the
-    library's write lock; `wait` waits for another writer instead of failing. Training itself
-    only reads, so it never holds the lock.
+    A writer (it may ingest labelled images the library lacks, and it saves the probe): it holds
+    the library's write lock throughout; `wait` waits for another writer instead of failing.
     """
+    with library.writing(wait=wait):
+        return _train_probe(
+            library, name, examples, feature=feature, test_examples=test_examples, cv=cv,
+            balanced=balanced, replace=replace, model=model, device=device, runtime=runtime,
+            wait=wait,
+        )  # fmt: skip
+
+
+def _train_probe(
+    library: Library,
+    name: str,
+    examples: Sequence[Example],
+    *,
+    feature: str,
+    test_examples: Sequence[Example] | None,
+    cv: int | None,
+    balanced: bool,
+    replace: bool,
+    model: str | None,
+    device: str,
+    runtime: str | None,
+    wait: bool,
+) -> dict:
     check_name_free(library, name, replace=replace)
     library.check_feature(feature)
     if cv is not None and cv < 2:

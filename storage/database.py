@@ -13,8 +13,10 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
+from filelock import FileLock
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.pool import NullPool
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DATABASE_NAME = "vitdex.sqlite"
 BUSY_TIMEOUT_MS = 60_000
+SETUP_LOCK_NAME = "setup.lock"
 WRITE = "vitdex_write"  # execution option: this connection's transactions begin as writes
 
 
@@ -155,7 +158,10 @@ def open_engine(folder: Path, *, create: bool) -> tuple[Engine, bool]:
     event.listen(engine, "connect", lambda c, r: _on_connect(c, r, read_only=read_only))
     event.listen(engine, "begin", _begin)
     try:
-        migrate(engine, read_only=read_only)
+        # Setting up (the switch to WAL, migrations) one process at a time: SQLite answers a
+        # journal-mode switch racing another with "locked" at once, never waiting.
+        with nullcontext() if read_only else FileLock(folder / SETUP_LOCK_NAME):
+            migrate(engine, read_only=read_only)
     except exc.DatabaseError as error:
         engine.dispose()
         raise StorageError(f"{path}: {describe(error)}") from None
