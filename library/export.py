@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "npy")
 SHARD_ROWS = 100_000  # npy rows per shard: 300 MB of 768-d float32, one autofaiss batch
-PAGE = 10_000  # images read from the store (and written as one parquet row group) at a time
+PAGE = 5_000  # images read from the store (and written as one parquet row group) at a time
 INSTALL_HINT = "vitdex export needs pyarrow: pip install 'vitdex[export]'"
 
 Progress = Callable[[int], None]  # called with the number of rows just written
@@ -174,6 +174,18 @@ def _table(pa, schema, page: ExportPage, start: int, stop: int, vectors: bool):
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _options(dims: dict[str, int]) -> dict[str, Any]:
+    """Vectors are written plain: random floats neither compress nor fit a dictionary, and
+    trying costs time and a copy of the row group."""
+    return {
+        "use_dictionary": ["format", "taken_at"],
+        "compression": {name: "none" if name in dims else "snappy"
+                        for name in ("path", "image_path", "sha256", "width", "height", "format",
+                                     "taken_at", *dims)},
+        "write_statistics": ["path", "image_path", "width", "height", "format", "taken_at"],
+    }  # fmt: skip
+
+
 def _check_dims(page: ExportPage, dims: dict[str, int]) -> None:
     for name, matrix in page.vectors.items():
         if matrix.shape[1] != dims[name]:
@@ -185,7 +197,7 @@ def _check_dims(page: ExportPage, dims: dict[str, int]) -> None:
 def _write_parquet(pa, pq, tmp, pages, total, dims, meta, shard_rows, progress) -> list[str]:
     """One file; one row group per page."""
     schema = _schema(pa, dims, meta, "path", vectors=True)
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with pq.ParquetWriter(tmp, schema, **_options(dims)) as writer:
         for page in pages:
             _check_dims(page, dims)
             writer.write_table(_table(pa, schema, page, 0, len(page), vectors=True))
@@ -247,7 +259,7 @@ class _Shard:
             self.npy[name] = handle
             self.files.append(relative)
         relative = f"metadata/metadata_{key}.parquet"
-        self.metadata = self.pq.ParquetWriter(self.folder / relative, self.schema)
+        self.metadata = self.pq.ParquetWriter(self.folder / relative, self.schema, **_options({}))
         self.files.append(relative)
 
     def write(self, page: ExportPage, start: int, stop: int) -> None:

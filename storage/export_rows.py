@@ -18,7 +18,7 @@ from vitdex.storage.models import Content, Image, Vector
 if TYPE_CHECKING:
     from vitdex.storage.store import Store, StoredSpec
 
-PAGE = 10_000
+PAGE = 5_000
 
 
 @dataclass(frozen=True, slots=True)
