@@ -1,6 +1,6 @@
 """Export benchmark: `vitdex export` of an N-image library in both formats, against a reference.
 
-    python bench/export.py [--images 50000 200000] [--label NAME]
+    python bench/export.py [--images 50000 200000] [--folder DIR] [--label NAME]
 
 Each library is built (once, then reused) by bench/core.py's `build`: rows written through the
 Store, 768-d cls and mean vectors. For each size, three fresh processes, each timed from spawn to
@@ -94,8 +94,8 @@ def check(out: Path, kind: str, n: int, expected: dict[str, np.ndarray]) -> None
                              f"{np.array_equal(got, ends)}")  # fmt: skip
 
 
-def measure(n: int, logs: Path) -> list[Row]:
-    built = build((OUT / f"core-{n}").absolute(), n)
+def measure(n: int, folder: Path, logs: Path) -> list[Row]:
+    built = build(folder.absolute(), n)
     lib = str(built.library)
     expected = stored_ends(built.library)
     work = OUT / "export-work"
@@ -148,12 +148,17 @@ def report(rows: list[Row], label: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[50_000, 200_000])
+    parser.add_argument(
+        "--folder", type=Path, help="a library built by bench/core.py (one size only; reused)"
+    )
     parser.add_argument("--label", default="today", help="names bench/out/export-<label>.md")
     args = parser.parse_args()
+    if args.folder and len(args.images) != 1:
+        parser.error("--folder takes one --images size")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     logs = OUT / f"export-{args.label}-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    rows = [row for n in args.images for row in measure(n, logs)]
+    rows = [row for n in args.images for row in measure(n, args.folder or OUT / f"core-{n}", logs)]
     text = report(rows, args.label)
     (OUT / f"export-{args.label}.md").write_text(text)
     print(text)
