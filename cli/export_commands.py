@@ -13,6 +13,7 @@ from vitdex.cli.common import emit_json, json_option, library_option, open_libra
 @click.option(
     "--feature",
     "features",
+    metavar="NAME",
     multiple=True,
     help="A stored feature to export (cls, mean, ...); repeat for several. Default: every"
     " feature the library stores.",
