@@ -34,6 +34,7 @@ def main(verbose: int) -> None:
 def _register() -> None:
     from vitdex.cli import (
         dupes_commands,
+        export_commands,
         index_commands,
         library_commands,
         probe_commands,
@@ -46,6 +47,7 @@ def _register() -> None:
         *dupes_commands.COMMANDS,
         serve_commands.serve,
         *probe_commands.COMMANDS,
+        export_commands.export,
     ):
         main.add_command(command)
 

@@ -19,3 +19,7 @@ class LibraryBusyError(LibraryError):
 
 class NotFoundError(VitdexError):
     """A path, image or probe the caller named is not there."""
+
+
+class ExportError(VitdexError):
+    """An export cannot be written as asked (its output exists, pyarrow is missing)."""

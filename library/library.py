@@ -5,7 +5,7 @@ the IndexManager), bound to one embedding spec. Every CLI verb and gallery page 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -30,6 +30,7 @@ from vitdex.storage import (
 if TYPE_CHECKING:
     from vitdex.embedder import Embedder, EmbeddingSpec
     from vitdex.index.vector_index import VectorIndex
+    from vitdex.library.export import ExportReport
     from vitdex.library.ingest import IngestReport, Progress
 
 log = logging.getLogger(__name__)
@@ -318,6 +319,23 @@ class Library:
             return image, open_regular(image.path, expect=image.identity)
         except OSError as exc:
             raise NotFoundError(f"image {image_id}: the file changed or is gone ({exc})") from None
+
+    # --- export ---
+    def export(
+        self,
+        out: str | Path,
+        *,
+        features: Iterable[str] = (),
+        under: str | Path | None = None,
+        format: str = "parquet",
+        progress: Callable[[int], None] | None = None,
+    ) -> ExportReport:
+        """Write the stored vectors of `features` (default: all) with each image's facts to
+        `out`, as one parquet file or clip-retrieval's npy shards (see vitdex.library.export)."""
+        from vitdex.library.export import export
+
+        return export(self, out, features=tuple(features), under=under, format=format,
+                      progress=progress)  # fmt: skip
 
 
 def _is_commit(revision: str) -> bool:

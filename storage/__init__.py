@@ -1,11 +1,12 @@
 """The data-access layer: the Store owns the database and every SQL statement of vitdex.
 
 Other packages call the Store and its repositories (`store.images`, `store.vectors`,
-`store.probes`) with typed rows in and out; none of them builds a query.
+`store.probes`, `store.export_rows`) with typed rows in and out; none of them builds a query.
 """
 
 from vitdex.storage.database import DATABASE_NAME, SCHEMA_VERSION
 from vitdex.storage.errors import ReadOnlyLibraryError, StorageError
+from vitdex.storage.export_rows import ExportPage
 from vitdex.storage.files import (
     FileIdentity,
     NotRegularFileError,
@@ -23,6 +24,7 @@ __all__ = [
     "DATABASE_NAME",
     "SCHEMA_VERSION",
     "Changes",
+    "ExportPage",
     "FailedFile",
     "FileIdentity",
     "LibraryState",

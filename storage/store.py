@@ -53,6 +53,7 @@ class Store:
     """Open with `Store(folder, create=...)`; close with `close()`."""
 
     def __init__(self, folder: Path, *, create: bool = False):
+        from vitdex.storage.export_rows import ExportRows
         from vitdex.storage.images import Images
         from vitdex.storage.probes import Probes
         from vitdex.storage.vectors import Vectors
@@ -67,6 +68,7 @@ class Store:
         self.images = Images(self)
         self.vectors = Vectors(self)
         self.probes = Probes(self)
+        self.export_rows = ExportRows(self)
 
     def close(self) -> None:
         self.engine.dispose()
