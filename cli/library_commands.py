@@ -43,6 +43,26 @@ from vitdex.cli.common import (
     " it they are kept: an unmounted drive looks like an empty folder).",
 )
 @click.option("--wait", is_flag=True, help="Wait for another running ingest instead of failing.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where the embed stage runs: this process, or a Ray cluster (pip install 'vitdex[ray]';"
+    " every worker must read PATHS at the same paths).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster to use with --engine ray (auto, HOST:6379, ray://HOST:10001); default: a"
+    " local Ray instance, or $RAY_ADDRESS.",
+)
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(1),
+    default=None,
+    help="Model actors with --engine ray (default: one per node, using its CPUs).",
+)
 @json_option
 def ingest(
     paths,
@@ -56,6 +76,9 @@ def ingest(
     dry_run,
     prune,
     wait,
+    engine,
+    ray_address,
+    ray_actors,
     as_json,
 ):
     """Add, update, move and remove the images below PATHS.
@@ -64,9 +87,17 @@ def ingest(
     files leave the library. It plans first (stat and hash), then embeds with a known total.
     Bad files are reported and never stop the run.
     """
+    if engine != "ray" and (ray_address or ray_actors):
+        raise click.UsageError("--ray-address and --ray-actors need --engine ray")
     with ExitStack() as stack:
         library = stack.enter_context(open_library(library_path, create=not dry_run))
         bars = Bars(stack)
+        executor = None
+        if engine == "ray":
+            from vitdex.library.ray_executor import RayExecutor
+
+            executor = RayExecutor(library, address=ray_address, actors=ray_actors,
+                                   batch_size=batch_size, device=device)  # fmt: skip
         report = library.ingest(
             paths,
             model=model,
@@ -79,6 +110,7 @@ def ingest(
             wait=wait,
             index_features=(feature,),
             progress=bars.update,
+            executor=executor,
         )
     data = report.to_dict()
     if as_json:

@@ -23,3 +23,7 @@ class NotFoundError(VitdexError):
 
 class ExportError(VitdexError):
     """An export cannot be written as asked (its output exists, pyarrow is missing)."""
+
+
+class EngineError(VitdexError):
+    """An embed engine cannot run as asked (Ray is not installed, the cluster is unreachable)."""

@@ -30,6 +30,7 @@ from vitdex.storage import (
 if TYPE_CHECKING:
     from vitdex.embedder import Embedder, EmbeddingSpec
     from vitdex.index.vector_index import VectorIndex
+    from vitdex.library.executor import Executor
     from vitdex.library.export import ExportReport
     from vitdex.library.ingest import IngestReport, Progress
 
@@ -209,6 +210,7 @@ class Library:
         prune: bool = False,
         index_features: Iterable[str] = ("cls",),
         progress: Progress | None = None,
+        executor: Executor | None = None,
     ) -> IngestReport:
         """Add, update, move and remove the images below `paths` (see vitdex.library.ingest).
 
@@ -216,14 +218,15 @@ class Library:
         reports the plan and changes nothing; `wait` waits for another writer instead of failing;
         `prune` removes gone images even when more than half of a folder's would go (else they
         are held back, see `IngestReport.held_back`); `index_features` are checked against the
-        library's features before anything is written.
+        library's features before anything is written. `executor` runs the embed stage
+        elsewhere (`RayExecutor`); default: this process's model and threads.
         """
         from vitdex.library.ingest import ingest
 
         return ingest(
             self, paths, model=model, device=device, runtime=runtime, batch_size=batch_size,
             workers=workers, commit_every=commit_every, dry_run=dry_run, wait=wait, prune=prune,
-            index_features=index_features, progress=progress,
+            index_features=index_features, progress=progress, executor=executor,
         )  # fmt: skip
 
     def forget(self, paths: Iterable[str | Path], *, wait: bool = False) -> int:
