@@ -115,8 +115,9 @@ class RayExecutor:
         actors, cpus = self._pool_size(ray)
         gpus = 1 if self.device.startswith("cuda") else 0
         cache = self.library.folder / "models"
-        blocks = max(1, -(-len(items) // self.rows_per_task))  # one block per task: streaming
-        dataset = ray.data.from_items(items, override_num_blocks=blocks)
+        # one block per task, so results stream back; few jobs are still spread over every actor
+        per_task = max(1, min(self.rows_per_task, -(-len(items) // actors)))
+        dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_task))
         return dataset.map_batches(
             EmbedActor,
             fn_constructor_kwargs={
@@ -126,7 +127,7 @@ class RayExecutor:
                 "device": self.device,
                 "batch_size": self.batch_size,
             },
-            batch_size=self.rows_per_task,
+            batch_size=per_task,
             batch_format="numpy",
             compute=ActorPoolStrategy(size=actors),
             num_cpus=cpus,
