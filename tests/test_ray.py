@@ -73,9 +73,7 @@ def assert_whole(folder: Path, expected: int) -> None:
             assert sorted(VectorIndex.load(file.path).ids().tolist()) == db_ids
 
 
-def test_ray_engine_stores_the_same_images_and_vectors_as_local(
-    local_ray, tiny_model, tmp_path
-):
+def test_ray_engine_stores_the_same_images_and_vectors_as_local(local_ray, tiny_model, tmp_path):
     folder = photos(tmp_path / "photos", 6)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     reports = {}
