@@ -74,8 +74,12 @@ class RayExecutor:
             return
         started = not ray.is_initialized()
         if started:
-            ray.init(address=self.address, include_dashboard=False, configure_logging=False,
-                     log_to_driver=False)  # fmt: skip
+            try:
+                ray.init(address=self.address, include_dashboard=False, configure_logging=False,
+                         log_to_driver=False)  # fmt: skip
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = self.address or "a new local instance"
+                raise EngineError(f"cannot start Ray on {where}: {exc}") from None
         try:
             dataset = self._pipeline(ray, jobs, spec.data, spec.key)
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -145,8 +145,3 @@ def test_a_worker_whose_spec_differs_is_refused(local_ray, tmp_path):
     assert len(other) == 16 and other != key
     with Library.open(lib) as library:
         assert library.store.images.count() == 1
-
-
-def test_ray_options_need_the_ray_engine(tmp_path):
-    out = run("ingest", tmp_path, "--library", tmp_path / "lib", "--ray-address", "auto", expect=2)
-    assert "--ray-address and --ray-actors need --engine ray" in out
