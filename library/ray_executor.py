@@ -14,7 +14,8 @@ one line naming both keys. Every worker must read the files at the driver's path
 filesystem) and the model at the spec's path or hub cache.
 
 Ray actors that die (a killed process, a lost node) are restarted by Ray and their unfinished
-batch is retried (Ray Data's actor pool defaults: `max_restarts=-1`, `max_task_retries=-1`).
+batch is retried (`max_restarts=-1`; Ray Data then sets `max_task_retries=-1`). A run that fails
+anyway keeps what it committed; the next ingest embeds the rest.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class RayExecutor:
 
     `actors` is the size of the actor pool (default: one per node, each with the node's CPUs);
     `batch_size` is the images per model forward inside an actor (default: the embedder's);
-    `device` is where each actor runs its model ("cuda" gives each actor one GPU).
+    `device` is where each actor runs its model ("cuda" gives each actor one GPU); `restarts`
+    is how often Ray restarts a dead actor and retries its batch (-1: always; 0: the run fails,
+    and the next ingest embeds what was not committed).
     """
 
     library: Library
@@ -63,6 +66,7 @@ class RayExecutor:
     batch_size: int | None = None
     device: str = "auto"
     rows_per_task: int = ROWS_PER_TASK
+    restarts: int = -1
 
     def embed(self, jobs: Iterable[EmbedJob]) -> Iterator[EmbedResult[EmbedJob]]:
         from vitdex.embedder import EmbedResult, ImageInfo
@@ -105,6 +109,12 @@ class RayExecutor:
                         vectors={name: array[row].copy() for name, array in vectors.items()},
                         info=ImageInfo(**facts["info"]),
                     )
+        except ray.exceptions.RayError as exc:  # what was committed stays; a rerun resumes
+            reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+            raise EngineError(
+                f"the Ray embed stage failed ({type(exc).__name__}: {reason}); the batches"
+                " committed so far are kept, and `vitdex ingest` again embeds the rest"
+            ) from exc
         finally:
             if started:
                 ray.shutdown()
@@ -136,6 +146,7 @@ class RayExecutor:
             compute=ActorPoolStrategy(size=actors),
             num_cpus=cpus,
             num_gpus=gpus,
+            max_restarts=self.restarts,
         )
 
     def _pool_size(self, ray: Any) -> tuple[int, float]:
@@ -240,6 +251,7 @@ def _import_ray() -> Any:
     try:
         import ray
         import ray.data  # noqa: F401
+        import ray.exceptions  # noqa: F401
     except ImportError as exc:
         raise EngineError(
             f"--engine ray needs Ray Data ({exc}); install it with `pip install 'vitdex[ray]'`"

@@ -17,6 +17,7 @@ from tests.conftest import save_tiny_vit
 from tests.photos import make_photo
 from vitdex.cli.main import main
 from vitdex.library import Library
+from vitdex.library.errors import EngineError
 from vitdex.library.ray_executor import CRASH_MARKER_ENV, RayExecutor
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
@@ -74,7 +75,8 @@ def assert_whole(folder: Path, expected: int) -> None:
 
 
 def test_ray_engine_stores_the_same_images_and_vectors_as_local(local_ray, tiny_model, tmp_path):
-    folder = photos(tmp_path / "photos", 6)
+    folder = photos(tmp_path / "photos", 5)
+    make_photo(Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.jpg")), size=(90, 120), seed=9)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     reports = {}
     for engine in ("local", "ray"):
@@ -116,13 +118,22 @@ def test_a_killed_worker_or_driver_costs_nothing(local_ray, crash_marker, tiny_m
             library.ingest([folder], model=str(tiny_model), executor=executor, commit_every=2,
                            progress=die_after_first_commit)  # fmt: skip
         assert library.store.images.count() == 2
-    # 2. an actor process exits on its 2nd batch: Ray restarts it and retries that batch
+    # 2. an actor exits on its 2nd batch and may not restart: one clear error, nothing lost
+    crash_marker.touch()
+    with Library.open(lib) as library:
+        executor = RayExecutor(library, actors=1, rows_per_task=2, restarts=0)
+        with pytest.raises(EngineError, match="the Ray embed stage failed") as failed:
+            library.ingest([folder], executor=executor, commit_every=2)
+        assert "\n" not in str(failed.value)
+        before = library.store.images.count()
+    assert not crash_marker.exists() and 2 <= before <= 4  # at most 1 batch of this run
+    # 3. an actor exits on its 2nd batch: Ray restarts it and retries that batch
     crash_marker.touch()
     with Library.open(lib) as library:
         executor = RayExecutor(library, actors=1, rows_per_task=2)
         report = library.ingest([folder], executor=executor, commit_every=2)
     assert not crash_marker.exists()  # the actor did exit
-    assert (report.added, report.unchanged, report.failed) == (8, 2, [])
+    assert (report.added, report.unchanged, report.failed) == (10 - before, before, [])
     assert_whole(lib, 10)
     with Library.open(lib) as library:
         again = library.ingest([folder], executor=RayExecutor(library))
