@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 
+from vitdex.storage.database import upsert
 from vitdex.storage.files import FileIdentity, from_db, to_db, under_range
 from vitdex.storage.models import Content, Failure, Folder, Image, Prediction, Probe, Removal
 
@@ -316,7 +317,7 @@ class Images:
         with self.store.transaction() as s:
             for part in chunks(ids):
                 s.execute(delete(Image).where(Image.id.in_(part)))
-                s.execute(insert(Removal).prefix_with("OR REPLACE"),
+                s.execute(upsert(self.store.engine, Removal, ["image_id"], ["generation"]),
                           [{"image_id": i, "generation": generation} for i in part])  # fmt: skip
 
     def prune(self) -> None:
