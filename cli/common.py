@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from vitdex.library.config import LIBRARY_ENV, MODEL_ENV
+from vitdex.library.config import DATABASE_ENV, LIBRARY_ENV, MODEL_ENV
 
 
 class VitdexGroup(click.Group):
@@ -26,7 +26,26 @@ class VitdexGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+DATABASE_META = "vitdex.database"
+
+
+def _remember_database(ctx: click.Context, _param, value: str | None) -> str | None:
+    if value:
+        ctx.meta[DATABASE_META] = value  # read by open_library
+    return value
+
+
 def library_option(func: Callable) -> Callable:
+    """--library and --database: where a library's files and its metadata live."""
+    func = click.option(
+        "--database",
+        metavar="URL",
+        expose_value=False,
+        callback=_remember_database,
+        help=f"Keep the library's metadata and vectors in this PostgreSQL database, e.g."
+        f" postgresql+psycopg://user@host/vitdex (default: ${DATABASE_ENV}, else a SQLite file"
+        " in the library folder). The folder keeps this machine's index files and caches.",
+    )(func)
     return click.option(
         "--library",
         "library_path",
@@ -106,7 +125,9 @@ def feature_option(default: str = "cls") -> Callable:
 def open_library(library_path: str | None, *, create: bool = False):
     from vitdex.library import Library
 
-    return Library.open(library_path, create=create)
+    ctx = click.get_current_context(silent=True)
+    database = ctx.meta.get(DATABASE_META) if ctx is not None else None
+    return Library.open(library_path, database=database, create=create)
 
 
 def emit_json(data) -> None:

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from vitdex.library.config import resolve_library_path, resolve_model
+from vitdex.library.config import resolve_database, resolve_library_path, resolve_model
 from vitdex.library.errors import LibraryError, NotFoundError, SpecMismatchError
 from vitdex.library.index_manager import IndexManager
-from vitdex.library.lock import write_lock
+from vitdex.library.lock import shared_write_lock, write_lock
 from vitdex.storage import (
     FailedFile,
     ReadOnlyLibraryError,
@@ -39,17 +39,23 @@ log = logging.getLogger(__name__)
 class Library:
     """Open with `Library.open(folder)`; every other part of the API hangs off it."""
 
-    def __init__(self, folder: Path, *, create: bool = False):
+    def __init__(self, folder: Path, *, database: str | None = None, create: bool = False):
         self.folder = Path(folder)
-        self.store = Store(self.folder, create=create)
+        self.database = database  # a PostgreSQL URL, or None: the SQLite file in `folder`
+        self.store = Store(self.folder, database=database, create=create)
         self.indexes = IndexManager(self.store, self.folder / "index")
         self._embedder: Embedder | None = None
         self._writing = False
 
     @classmethod
-    def open(cls, folder: str | Path | None = None, *, create: bool = False) -> Library:
-        """Open the library at `folder` (else $VITDEX_LIBRARY, else the platform default)."""
-        return cls(resolve_library_path(folder), create=create)
+    def open(
+        cls, folder: str | Path | None = None, *, database: str | None = None, create: bool = False
+    ) -> Library:
+        """Open the library at `folder` (else $VITDEX_LIBRARY, else the platform default), its
+        metadata and vectors in the PostgreSQL database at the URL `database` (else
+        $VITDEX_DATABASE_URL, else the SQLite file in `folder`)."""
+        return cls(resolve_library_path(folder), database=resolve_database(database),
+                   create=create)  # fmt: skip
 
     def close(self) -> None:
         self.store.close()
@@ -73,7 +79,10 @@ class Library:
         if self._writing:
             yield
             return
-        with write_lock(self.folder, wait=wait):
+        # A shared database: one writer across every machine, then this folder's own lock (its
+        # index files, which a reader here may save).
+        shared = shared_write_lock(self.store, wait=wait) if self.store.shared else nullcontext()
+        with shared, write_lock(self.folder, wait=wait):
             self._writing = True
             try:
                 yield

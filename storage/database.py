@@ -315,7 +315,12 @@ def open_engine(folder: Path, *, database: str | None = None, create: bool) -> t
     """(engine, read_only) on the library's database, migrated to the newest schema: the SQLite
     file in `folder`, or the PostgreSQL database at the URL `database`."""
     if database:
-        return _open_postgres(database, create=create), False
+        engine = _open_postgres(database, create=create)
+        try:  # this machine's index files and caches
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            log.warning("cannot create library folder %s: %s", folder, error.strerror)
+        return engine, False
     return _open_sqlite(Path(folder), create=create)
 
 

@@ -105,7 +105,7 @@ class Gallery:
         self.feature = feature
         # One search at a time: the embedder and the library's index cache are not thread-safe.
         self.search_lock = threading.Lock()
-        self.duplicates = DuplicateJobs(library.folder)
+        self.duplicates = DuplicateJobs(library.folder, library.database)
 
     def features(self) -> list[str]:
         spec = self.library.spec
