@@ -62,7 +62,7 @@ SETUP_KEY = lock_key("setup")  # migrations, one process at a time
 WRITE_KEY = lock_key("write-transaction")  # one write transaction at a time (BEGIN IMMEDIATE)
 
 
-# --- the schema's history --------------------------------------------------------------------------
+# --- the schema's history -------------------------------------------------------------------------
 @cache
 def _script():
     from alembic.script import ScriptDirectory
@@ -76,7 +76,9 @@ def schema_version() -> int:
 
     Read from the revision files' names (`NNNN_*.py`, NNNN being the revision id), so opening
     an up-to-date library does not import Alembic."""
-    return max(int(p.name[:4]) for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return max(
+        int(p.name[:4]) for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")
+    )
 
 
 def _revision(version: int) -> str:
@@ -154,7 +156,7 @@ def _check_version(version: int | None, *, where: str, read_only: bool) -> bool:
     return True
 
 
-# --- SQLite ------------------------------------------------------------------------------------------
+# --- SQLite ---------------------------------------------------------------------------------------
 def _on_connect_sqlite(dbapi_connection, _record, *, read_only: bool) -> None:
     # busy_timeout first: every later statement, the journal mode switch included, then waits
     # for another process's lock instead of failing with "database is locked".
@@ -236,9 +238,9 @@ def _migrate_sqlite(engine: Engine, *, where: str, read_only: bool) -> None:
             raw.execute("PRAGMA foreign_keys=ON")
 
 
-# --- PostgreSQL --------------------------------------------------------------------------------------
+# --- PostgreSQL -----------------------------------------------------------------------------------
 def application_name() -> str:
-    """How a vitdex connection names itself on the server (who holds a lock, in pg_stat_activity)."""
+    """How a vitdex connection names itself on the server (who holds a lock: pg_stat_activity)."""
     return f"vitdex {socket.gethostname()} pid {os.getpid()}"[:63]
 
 
@@ -310,7 +312,7 @@ def _open_postgres(database: str, *, create: bool) -> Engine:
     return engine
 
 
-# --- both --------------------------------------------------------------------------------------------
+# --- both -----------------------------------------------------------------------------------------
 def open_engine(folder: Path, *, database: str | None = None, create: bool) -> tuple[Engine, bool]:
     """(engine, read_only) on the library's database, migrated to the newest schema: the SQLite
     file in `folder`, or the PostgreSQL database at the URL `database`."""

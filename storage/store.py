@@ -178,7 +178,9 @@ class Store:
             yield current
             return
         if self.read_only:
-            raise ReadOnlyLibraryError(f"library {self.location} is read-only: it cannot be changed")
+            raise ReadOnlyLibraryError(
+                f"library {self.location} is read-only: it cannot be changed"
+            )
         with self._guard(), self._writes.begin() as session:
             self._local.session, self._local.writing = session, True
             try:

@@ -92,15 +92,15 @@ def tiny_embedder(tiny_model):
     return Embedder.load(str(tiny_model), device="cpu")
 
 
-# --- the database a library uses: SQLite (in its folder) or PostgreSQL ------------------------------
+# --- the database a library uses: SQLite (in its folder) or PostgreSQL ----------------------------
 @pytest.fixture(scope="session")
 def postgres_server():
     """An engine on the test server's maintenance database (AUTOCOMMIT, for CREATE DATABASE)."""
     url = os.environ.get(POSTGRES_ENV)
     if not url:
         pytest.skip(
-            f"no PostgreSQL server for the tests: set {POSTGRES_ENV} (`eval \"$(bash .ci/postgres"
-            " start DIR)\"` starts one; .ci/run does)"
+            f'no PostgreSQL server for the tests: set {POSTGRES_ENV} (`eval "$(bash .ci/postgres'
+            ' start DIR)"` starts one; .ci/run does)'
         )
     try:
         import psycopg  # noqa: F401

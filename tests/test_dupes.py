@@ -17,6 +17,8 @@ from vitdex.cli.main import main
 from vitdex.library import Library
 from vitdex.library.dupes import MIN_CALIBRATION, RELATIVE_RADIUS, auto_threshold, find_duplicates
 
+pytestmark = pytest.mark.usefixtures("module_database")  # each test on SQLite and on PostgreSQL
+
 DISTINCT = range(12)  # seeds 2 and 10 look alike to the tiny model: cls cosine ~0.995
 SIZE = (320, 240)
 
@@ -29,7 +31,7 @@ def rotated_copy(src: Path, dst: Path, quality: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, tiny_model) -> Path:
+def library(tmp_path_factory, tiny_model, module_database) -> Path:
     root = tmp_path_factory.mktemp("dupes")
     photos, others = root / "photos", root / "photos" / "others"
     for seed in DISTINCT:

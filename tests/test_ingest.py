@@ -19,6 +19,8 @@ from vitdex.library import Library
 from vitdex.library.errors import LibraryBusyError
 from vitdex.library.lock import write_lock
 
+pytestmark = pytest.mark.usefixtures("database")  # each test on SQLite and on PostgreSQL
+
 
 def run(*args: str, expect: int = 0) -> dict | str:
     result = CliRunner().invoke(main, [str(a) for a in args])

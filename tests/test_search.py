@@ -12,6 +12,8 @@ from tests.photos import make_photo
 from tests.test_ingest import image_rows, index_ids, ingest, run
 from vitdex.library import Library
 
+pytestmark = pytest.mark.usefixtures("database")  # each test on SQLite and on PostgreSQL
+
 
 @pytest.fixture
 def library(tiny_model, tmp_path):

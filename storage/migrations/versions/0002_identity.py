@@ -94,6 +94,8 @@ def _log_generation_and_library_id(conn: sa.Connection) -> None:
     generations = sa.table("generations", sa.column("generation"), sa.column("token"))
     generation = conn.scalar(sa.select(meta.c.value).where(meta.c.key == "generation"))
     if generation is not None:
-        conn.execute(generations.insert().values(generation=int(generation), token=uuid.uuid4().hex))
+        conn.execute(
+            generations.insert().values(generation=int(generation), token=uuid.uuid4().hex)
+        )
     if conn.scalar(sa.select(meta.c.value).where(meta.c.key == "library_id")) is None:
         conn.execute(meta.insert().values(key="library_id", value=uuid.uuid4().hex))
