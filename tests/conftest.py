@@ -143,6 +143,28 @@ def database(request, monkeypatch) -> str | None:
     return url
 
 
+@pytest.fixture
+def another_database(request, database) -> Iterator[str | None]:
+    """For a test that makes a second library: None on SQLite (a new folder is a new library),
+    else the URL of another fresh PostgreSQL database (pass it as --database)."""
+    if database is None:
+        yield None
+    else:
+        yield from _fresh_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def own_database(request, module_database, monkeypatch) -> Iterator[str | None]:
+    """In a module on `module_database`: a test that makes a library of its own gets a fresh
+    database of its own (None on SQLite, where its new folder is enough)."""
+    if module_database is None:
+        yield None
+        return
+    for url in _fresh_database(request.getfixturevalue("postgres_server")):
+        monkeypatch.setenv(DATABASE_ENV, url)
+        yield url
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def module_database(request) -> Iterator[str | None]:
     """`database` for a module whose library is built once (a module-scoped fixture): request

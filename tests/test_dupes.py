@@ -174,14 +174,14 @@ def test_cli_under_and_table(library):
     assert run("dupes", "--library", library, "--under", photos / "others") == "no duplicates\n"
 
 
-def test_empty_library(tmp_path):
+def test_empty_library(tmp_path, own_database):
     Library.open(tmp_path / "lib", create=True).close()
     data = json.loads(run("dupes", "--library", tmp_path / "lib", "--json"))
     assert data["groups"] == []
     assert run("dupes", "--library", tmp_path / "lib") == "no duplicates\n"
 
 
-def test_small_library_of_distinct_photos_has_no_near_group(tiny_model, tmp_path):
+def test_small_library_of_distinct_photos_has_no_near_group(tiny_model, tmp_path, own_database):
     """Seven photos and one re-encoded copy: the threshold comes from the library's own scores."""
     photos = tmp_path / "few"
     for seed in range(6):

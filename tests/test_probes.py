@@ -12,8 +12,6 @@ from vitdex.probes.logreg import C_GRID, VALIDATION_FRACTION, fit, lbfgs, tune
 from vitdex.probes.metrics import classification_report
 from vitdex.probes.split import check_splittable, stratified_folds, stratified_split
 
-pytestmark = pytest.mark.usefixtures("database")  # each test on SQLite and on PostgreSQL
-
 
 def gaussian_classes(
     n: int,

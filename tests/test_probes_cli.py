@@ -17,6 +17,8 @@ from PIL import Image
 
 from vitdex.cli.main import main
 
+pytestmark = pytest.mark.usefixtures("module_database")  # on SQLite and on PostgreSQL
+
 COLOURS = {"red": (200, 40, 30), "green": (30, 180, 50), "blue": (40, 60, 210)}
 PER_CLASS = 8
 
@@ -39,7 +41,7 @@ def run(*args: object, ok: bool = True):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model) -> dict:
+def trained(tmp_path_factory, tiny_model, module_database) -> dict:
     """A library with a probe `colours` trained on class folders (plus a bad and a missing row)."""
     root = tmp_path_factory.mktemp("probe")
     classes = root / "classes"
