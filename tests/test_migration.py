@@ -66,6 +66,20 @@ def test_a_version_1_library_migrates_and_keeps_everything(tiny_model, photo_dir
     assert status["schema_version"] == SCHEMA_VERSION and status["spec"]["weights"]
     result = run("search", photo_dir / "photo0.jpg", "--library", old, "--json")
     assert len(result["results"]) == 3
+    assert schema_diff(old / "vitdex.sqlite") == []  # migrated: exactly the models' schema
+
+
+def schema_diff(path: Path) -> list:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from vitdex.storage.models import Base
+
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    return diff
 
 
 def test_a_version_2_library_from_before_alembic_is_stamped_and_keeps_everything(

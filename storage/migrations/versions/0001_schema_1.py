@@ -94,6 +94,6 @@ def upgrade() -> None:
             "image_id", sa.Integer, sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
         ),
         sa.Column("label", sa.String, nullable=False),
-        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("score", sa.Double, nullable=False),
     )
     op.create_index("ix_predictions_label", "predictions", ["probe_id", "label"])
