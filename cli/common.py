@@ -93,14 +93,33 @@ def json_option(func: Callable) -> Callable:
     )(func)
 
 
-def feature_option(default: str = "cls") -> Callable:
+FEATURES_HELP = (
+    "cls (CLS token), mean (mean of patch tokens), pooler (trained pooler only), cls-last4 (CLS"
+    " of the last 4 blocks, concatenated: DINO's linear-eval input), cls-N / mean-N (block N,"
+    " from 1), cls-lastK / mean-lastK"
+)
+
+
+def feature_option(default: str | None = "cls") -> Callable:
+    """--feature NAME: free text, checked by the library against the features it stores."""
     return click.option(
         "--feature",
-        type=click.Choice(["cls", "mean", "pooler"]),
+        metavar="NAME",
         default=default,
-        show_default=True,
-        help="Which stored vector to use: CLS token, mean of patch tokens, or trained pooler.",
+        show_default=default is not None,
+        help=f"Which stored vector to use: {FEATURES_HELP}. The library refuses one it does"
+        " not store.",
     )
+
+
+def parse_features(_ctx: click.Context, _param, value: str | None) -> tuple[str, ...] | None:
+    """--features a,b,c -> ("a", "b", "c"); the embedder checks the names."""
+    if value is None:
+        return None
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not names:
+        raise click.BadParameter("name at least one feature, e.g. cls,mean,cls-last4")
+    return names
 
 
 def open_library(library_path: str | None, *, create: bool = False):

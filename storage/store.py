@@ -37,6 +37,10 @@ class StoredSpec:
     dim: int
     data: dict[str, Any]  # the EmbeddingSpec as a dict
 
+    def dim_of(self, feature: str) -> int:
+        """Length of the feature's vectors (cls-last4 is 4 x dim); `dim` in older specs."""
+        return int((self.data.get("feature_dims") or {}).get(feature, self.dim))
+
 
 @dataclass(frozen=True, slots=True)
 class LibraryState:
