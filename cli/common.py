@@ -100,11 +100,26 @@ FEATURES_HELP = (
 )
 
 
+def _spelled_like_a_feature(name: str | None, param: click.Parameter | None = None) -> None:
+    from vitdex.library import FEATURE_NAMES, is_feature_name
+
+    if name is not None and not is_feature_name(name):
+        raise click.BadParameter(f"{name!r} is not a feature; features are {FEATURE_NAMES}",
+                                 param=param)  # fmt: skip
+
+
+def _check_feature(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    _spelled_like_a_feature(value, param)
+    return value
+
+
 def feature_option(default: str | None = "cls") -> Callable:
-    """--feature NAME: free text, checked by the library against the features it stores."""
+    """--feature NAME: free text, spelled like a feature (else a usage error); the library
+    checks it against the features it stores."""
     return click.option(
         "--feature",
         metavar="NAME",
+        callback=_check_feature,
         default=default,
         show_default=default is not None,
         help=f"Which stored vector to use: {FEATURES_HELP}. The library refuses one it does"
@@ -112,13 +127,18 @@ def feature_option(default: str | None = "cls") -> Callable:
     )
 
 
-def parse_features(_ctx: click.Context, _param, value: str | None) -> tuple[str, ...] | None:
-    """--features a,b,c -> ("a", "b", "c"); the embedder checks the names."""
+def parse_features(
+    _ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[str, ...] | None:
+    """--features a,b,c -> ("a", "b", "c"), each spelled like a feature; the embedder checks
+    that the model can make them."""
     if value is None:
         return None
     names = tuple(name.strip() for name in value.split(",") if name.strip())
     if not names:
-        raise click.BadParameter("name at least one feature, e.g. cls,mean,cls-last4")
+        raise click.BadParameter("name at least one feature, e.g. cls,mean,cls-last4", param=param)
+    for name in names:
+        _spelled_like_a_feature(name, param)
     return names
 
 

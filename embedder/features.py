@@ -26,8 +26,8 @@ from vitdex.embedder.errors import FeatureError
 BASE_FEATURES: tuple[str, ...] = ("cls", "mean")
 _ORDER = ("cls", "mean", "pooler")
 _NAME = re.compile(r"^(?P<token>cls|mean)(?:-(?:(?P<block>\d+)|last(?P<last>\d+)))?$")
-COMMON = "cls, mean, pooler, cls-last4, cls-N, mean-N, cls-lastK"
-"""What help texts list."""
+FEATURE_NAMES = "cls, mean, pooler, cls-last4, cls-N, mean-N, cls-lastK, mean-lastK"
+"""What messages list."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ def parse_feature(name: str, layers: int) -> Feature:
         return Feature(name, "pooler")
     match = _NAME.match(name)
     if match is None:
-        raise FeatureError(f"unknown feature {name!r}; features are {COMMON}")
+        raise FeatureError(f"unknown feature {name!r}; features are {FEATURE_NAMES}")
     token = match["token"]
     if match["block"] is not None:
         block = int(match["block"])

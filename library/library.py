@@ -97,7 +97,7 @@ class Library:
     def check_feature(self, feature: str) -> None:
         """Refuse a feature the library does not store, saying why and how to get it."""
         from vitdex.embedder.errors import FeatureError
-        from vitdex.embedder.features import COMMON, is_feature_name
+        from vitdex.embedder.features import is_feature_name
 
         spec = self.spec
         if spec is None or feature in spec.features:
@@ -110,9 +110,7 @@ class Library:
                 " use cls or mean"
             )
         if not is_feature_name(feature):
-            raise FeatureError(
-                f"unknown feature {feature!r}; this library stores {stores} (features are {COMMON})"
-            )
+            raise FeatureError(f"unknown feature {feature!r}; this library stores {stores}")
         wanted = ",".join((*spec.features, feature))
         raise FeatureError(
             f"library {self.folder} does not store {feature} (it stores {stores}): features are"

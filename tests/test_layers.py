@@ -256,8 +256,14 @@ def test_a_feature_the_library_does_not_store_is_refused_with_how_to(
 
 def test_unknown_and_inconsistent_features(plain_library, deep_model, photos, tmp_path):
     result = run("search", photos / "red" / "red0.png", "--feature", "patch7", "--library",
-                 plain_library, expect=1)  # fmt: skip
-    assert "unknown feature 'patch7'; this library stores cls, mean" in result.output
+                 plain_library, expect=2)  # fmt: skip
+    assert "'patch7' is not a feature; features are cls, mean, pooler, cls-last4" in result.output
+    result = run("ingest", photos, "--features", "cls,patch7", "--library", tmp_path / "x",
+                 expect=2)  # fmt: skip
+    assert "'patch7' is not a feature" in result.output
+    with Library.open(plain_library) as lib, pytest.raises(FeatureError) as caught:
+        lib.check_feature("patch7")
+    assert "unknown feature 'patch7'; this library stores cls, mean" in str(caught.value)
     # a new library that would not store the feature --feature asks for is not created
     library = tmp_path / "lib"
     result = run("ingest", photos, "--library", library, "--model", deep_model, "--features",
