@@ -186,6 +186,27 @@ def test_binary_probe():
     assert np.mean(tuned.model.proba(x_test).argmax(axis=1) == y_test) > 0.8
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+def test_binary_probe_matches_scikit_learn_at_its_c(balanced):
+    """Two classes: the tuned C is scikit-learn's C (its single-logit model): same predictions,
+    the same probabilities and the same coefficients (ours: the difference of the two rows)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = gaussian_classes(300, 24, 2, spread=0.4, seed=7, weights=[0.7, 0.3])
+    tuned = tune(x, y, 2, balanced=balanced, rng=np.random.default_rng(0))
+    ours, _ = fit(x, y, 2, tuned.l2, balanced=balanced, loss_tolerance=1e-10)
+    reference = LogisticRegression(
+        C=tuned.c, tol=1e-10, max_iter=10_000, class_weight="balanced" if balanced else None
+    ).fit(x, y)
+    assert np.array_equal(ours.proba(x).argmax(axis=1), reference.predict(x))
+    assert np.abs(ours.proba(x) - reference.predict_proba(x)).max() < 2e-3
+    coef = ours.weights[1] - ours.weights[0]
+    assert np.abs(coef - reference.coef_[0]).max() < 2e-2 * np.abs(reference.coef_).max()
+    assert ours.bias[1] - ours.bias[0] == pytest.approx(reference.intercept_[0], abs=2e-2)
+    # the saved probe (the refit) is that very model, within the refit's own tolerance
+    assert np.abs(tuned.model.proba(x) - reference.predict_proba(x)).max() < 1e-2
+
+
 # --- labels ---------------------------------------------------------------------------------------
 def test_csv_paths_are_relative_to_the_csv(tmp_path):
     folder = tmp_path / "sets"
