@@ -291,6 +291,17 @@ def _calibration_sample(library: Library, spec: StoredSpec, feature: str) -> np.
     return library.store.vectors.of_contents(spec, feature, contents)
 
 
+def calibrated_threshold(library: Library, feature: str, extra: np.ndarray | None = None) -> float:
+    """The near-duplicate threshold `find_duplicates` calibrates for the library's feature;
+    `extra` vectors (embedded, not stored) fill the sample up to CALIBRATION_SAMPLE."""
+    spec = library.store.spec()
+    parts = [] if spec is None else [_calibration_sample(library, spec, feature)]
+    room = CALIBRATION_SAMPLE - sum(len(part) for part in parts)
+    if extra is not None and len(extra) and room > 0:
+        parts.append(np.asarray(extra, np.float32)[:: -(-len(extra) // room)])  # evenly spaced
+    return auto_threshold(np.concatenate(parts) if parts else np.empty((0, 0), np.float32))[0]
+
+
 def _graph_index(
     library: Library, feature: str, rep_ids: np.ndarray, vectors: np.ndarray
 ) -> VectorIndex | _Restricted:

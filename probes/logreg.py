@@ -281,15 +281,17 @@ def sweep(
     balanced: bool = False,
     rng: np.random.Generator,
     grid: tuple[float, ...] = C_GRID,
+    groups: np.ndarray | None = None,
 ) -> Tuned:
-    """Choose C on a stratified validation split of (x, y); returns the chosen C's sweep model.
+    """Choose C on a stratified validation split of (x, y) (whole `groups` on one side, see
+    `stratified_split`); returns the chosen C's sweep model.
 
     The sweep runs strongest to weakest, each fit warm-started from the previous one, and stops
     once PATIENCE values in a row score below the best. Selection is by validation accuracy
     (balanced accuracy with `balanced`), ties broken by lower log loss. On large sets the sweep
     fits on a stratified sample of SWEEP_MAX_EXAMPLES of the non-validation examples.
     """
-    fit_idx, val_idx = stratified_split(y, VALIDATION_FRACTION, rng)
+    fit_idx, val_idx = stratified_split(y, VALIDATION_FRACTION, rng, groups)
     if len(fit_idx) > SWEEP_MAX_EXAMPLES:
         sample, _ = stratified_split(y[fit_idx], 1 - SWEEP_MAX_EXAMPLES / len(fit_idx), rng)
         fit_idx = fit_idx[sample]
@@ -345,9 +347,10 @@ def tune(
     balanced: bool = False,
     rng: np.random.Generator,
     grid: tuple[float, ...] = C_GRID,
+    groups: np.ndarray | None = None,
 ) -> Tuned:
     """Sweep C on a validation split of (x, y), then refit on all of (x, y) at that C."""
-    swept = sweep(x, y, n_classes, balanced=balanced, rng=rng, grid=grid)
+    swept = sweep(x, y, n_classes, balanced=balanced, rng=rng, grid=grid, groups=groups)
     return refit(x, y, n_classes, swept, balanced=balanced)
 
 

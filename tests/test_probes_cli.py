@@ -15,17 +15,19 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.photos import photo_array
 from vitdex.cli.main import main
 
-COLOURS = {"red": (200, 40, 30), "green": (30, 180, 50), "blue": (40, 60, 210)}
+COLOURS = {"red": 0, "green": 1, "blue": 2}  # label -> the RGB channel its photos lean to
 PER_CLASS = 8
+SHIFT = 70  # enough for the tiny random ViT to tell the classes apart, little enough that it
+# still sees the photos of one class as distinct pictures (not near duplicates)
 
 
-def colour_photo(path: Path, rgb: tuple[int, int, int], seed: int) -> Path:
-    """A noisy image in one colour family, so even a random tiny ViT tells the classes apart."""
-    rng = np.random.default_rng(seed)
-    base = np.array(rgb, np.int16) + rng.integers(-30, 31, 3)
-    pixels = base + rng.integers(-25, 26, (48, 48, 3))
+def colour_photo(path: Path, channel: int, seed: int) -> Path:
+    """A synthetic photo (shapes, gradients, noise) tinted towards one channel."""
+    pixels = photo_array((64, 64), seed).astype(np.int16)
+    pixels[..., channel] += SHIFT
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
     return path
