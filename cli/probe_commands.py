@@ -149,6 +149,8 @@ def _echo_report(title: str, report: dict, classes: list[str]) -> None:
     if "top5_accuracy" in report:
         line += f", top-5 {report['top5_accuracy']:.3f}"
     click.echo(line)
+    if "measured_by" in report:
+        click.echo(f"  measured on {report['measured_by']}")
     width = max(8, *(len(label) for label in classes))
     click.echo(f"  {'label':<{width}}  precision  recall     f1  support")
     for label in classes:
@@ -181,8 +183,6 @@ def _echo_metrics(metrics: dict, classes: list[str]) -> None:
     validation = metrics["validation"]
     method = validation.get("method")
     _echo_report(f"validation, {method}" if method else "validation", validation, classes)
-    if "measured_by" in validation:
-        click.echo(f"  measured: {validation['measured_by']}")
     if "test" in metrics:
         _echo_report("test, saved probe on the --test set", metrics["test"], classes)
     if "cv" in metrics:
