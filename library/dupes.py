@@ -72,6 +72,15 @@ def near_components(
     return connected_components(src, dst, ids)
 
 
+def near_components_of(vectors: np.ndarray, *, threshold: float, k: int) -> np.ndarray:
+    """Component label per row of `vectors` (not stored ones), over a fresh index of them."""
+    from vitdex.index.vector_index import VectorIndex
+
+    ids = np.arange(len(vectors), dtype=np.int64)
+    index = VectorIndex.build(ids, vectors, kind="auto")
+    return near_components(index, ids, vectors, threshold=threshold, k=min(k, len(ids)))
+
+
 class _Restricted:
     """The library's index seen through an id filter: just the `dim` and `search` that
     knn_graph uses, so the big index is reused instead of rebuilt for a subset of its ids."""

@@ -42,21 +42,13 @@ def content_groups(
     sha256s: Sequence[str], vectors: np.ndarray, threshold: float, *, k: int = NEIGHBOURS
 ) -> ContentGroups:
     """Group examples by content (sha256) and near-duplicate vectors (cosine >= threshold)."""
-    from vitdex.index.vector_index import VectorIndex
-    from vitdex.library.dupes import near_components
+    from vitdex.library.dupes import near_components_of
 
     if not len(sha256s):
         return ContentGroups(np.empty(0, np.int64), threshold, 0, 0)
     _, first, content = np.unique(np.asarray(sha256s), return_index=True, return_inverse=True)
-    ids = np.arange(len(first), dtype=np.int64)
     reps = np.asarray(vectors, np.float32)[first]
-    component = near_components(
-        VectorIndex.build(ids, reps, kind="auto"),
-        ids,
-        reps,
-        threshold=threshold,
-        k=min(k, len(ids)),
-    )
+    component = near_components_of(reps, threshold=threshold, k=k)
     group = component[content].astype(np.int64)
     copies = np.bincount(content)
     identical = int(copies[copies > 1].sum())
