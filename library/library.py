@@ -371,8 +371,7 @@ class Library:
 
     def tags(self) -> list[TagCount]:
         """The top labels the images have, with how many have each, most common first."""
-        spec = self.store.spec()
-        return [] if spec is None else self.store.labels.tags(spec)
+        return self.store.labels.tags()
 
 
 def _is_commit(revision: str) -> bool:

@@ -105,14 +105,15 @@ class Labels:
             )  # fmt: skip
             return [StoredLabel(label, score) for label, score in rows]
 
-    def tags(self, spec: StoredSpec) -> list[TagCount]:
-        """Every top label the images have, with how many have it, most common first."""
+    def tags(self) -> list[TagCount]:
+        """Every top label the images have, with how many have it, most common first (one
+        statement: a library holds the labels of its one spec)."""
         count = func.count(Image.id)
         with self.store.snapshot() as s:
             rows = s.execute(
                 select(Label.label, count)
                 .join(Image, Image.content_id == Label.content_id)
-                .where(Label.spec_id == spec.id, Label.rank == TOP)
+                .where(Label.rank == TOP)
                 .group_by(Label.label).order_by(count.desc(), Label.label)
             )  # fmt: skip
             return [TagCount(label, n) for label, n in rows]
