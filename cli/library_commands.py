@@ -7,6 +7,7 @@ from contextlib import ExitStack
 import click
 
 from vitdex.cli.common import (
+    FEATURES_HELP,
     Cosine,
     emit_json,
     feature_option,
@@ -14,6 +15,7 @@ from vitdex.cli.common import (
     library_option,
     model_options,
     open_library,
+    parse_features,
     stderr_progress,
 )
 
@@ -22,7 +24,16 @@ from vitdex.cli.common import (
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @library_option
 @model_options
-@feature_option()
+@feature_option(None)
+@click.option(
+    "--features",
+    "features",
+    metavar="A,B,...",
+    callback=parse_features,
+    help="What a new library stores, comma-separated (default: cls,mean, and pooler when the"
+    f" checkpoint has trained pooler weights). {FEATURES_HELP}. Chosen once: an existing library"
+    " keeps its own and refuses others.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
@@ -51,6 +62,7 @@ def ingest(
     device,
     runtime,
     feature,
+    features,
     batch_size,
     workers,
     dry_run,
@@ -77,7 +89,8 @@ def ingest(
             dry_run=dry_run,
             prune=prune,
             wait=wait,
-            index_features=(feature,),
+            index_features=(feature,) if feature else (),
+            features=features,
             progress=bars.update,
         )
     data = report.to_dict()

@@ -99,20 +99,28 @@ class Library:
         return row
 
     def check_feature(self, feature: str) -> None:
-        """Refuse a feature the library does not store, saying why."""
+        """Refuse a feature the library does not store, saying why and how to get it."""
         from vitdex.embedder.errors import FeatureError
+        from vitdex.embedder.features import is_feature_name
 
         spec = self.spec
         if spec is None or feature in spec.features:
             return
+        stores = ", ".join(spec.features)
         if feature == "pooler":
             raise FeatureError(
                 f"feature 'pooler' is not available: {spec.model_id} has no trained pooler"
                 " weights (it is a classification checkpoint, so its pooler would be random);"
                 " use cls or mean"
             )
+        if not is_feature_name(feature):
+            raise FeatureError(f"unknown feature {feature!r}; this library stores {stores}")
+        wanted = ",".join((*spec.features, feature))
         raise FeatureError(
-            f"unknown feature {feature!r}; this library stores {', '.join(spec.features)}"
+            f"library {self.folder} does not store {feature} (it stores {stores}): features are"
+            " chosen when a library is created, and a library never mixes specs. To add it,"
+            f" re-embed into a new library: `vitdex ingest PATH --library NEW_FOLDER --features"
+            f" {wanted}`"
         )
 
     def bind_spec(self, spec: EmbeddingSpec) -> StoredSpec:
@@ -142,24 +150,40 @@ class Library:
         )
 
     def embedder(
-        self, model: str | None = None, *, device: str = "auto", runtime: str | None = None
+        self,
+        model: str | None = None,
+        *,
+        device: str = "auto",
+        runtime: str | None = None,
+        features: Iterable[str] | None = None,
     ) -> Embedder:
         """The embedder for this library's spec (loaded once, lazily: it imports torch).
 
         With no `model`, the library's own model at its own revision is loaded; `runtime`
         ("fp32" or "int8") defaults to the library's, and the int8 model is cached in models/.
+        `features` choose a new library's features (default: the checkpoint's usual ones); a
+        library that has a spec makes its own, and refuses any it does not store.
         """
         if self._embedder is None:
             from vitdex.embedder import Embedder, runtime_option
 
             row = self.store.spec()
+            if row is not None:
+                for feature in features or ():
+                    self.check_feature(feature)
+                features = row.data.get("features") or None
             source = resolve_model(model, row.model_id if row else None)
             own = row is not None and source == row.model_id
             revision = row.revision if own and _is_commit(row.revision) else None
             runtime = runtime or (runtime_option(row.data.get("runtime", "")) if row else "fp32")
             cache = self.folder / "models" if not self.read_only else None
             self._embedder = Embedder.load(
-                source, device=device, runtime=runtime, cache_dir=cache, revision=revision
+                source,
+                device=device,
+                runtime=runtime,
+                cache_dir=cache,
+                revision=revision,
+                features=features,
             )
             if not self.read_only:
                 self.bind_spec(self._embedder.spec)
@@ -212,6 +236,7 @@ class Library:
         wait: bool = False,
         prune: bool = False,
         index_features: Iterable[str] = ("cls",),
+        features: Iterable[str] | None = None,
         progress: Progress | None = None,
     ) -> IngestReport:
         """Add, update, move and remove the images below `paths` (see vitdex.library.ingest).
@@ -220,14 +245,15 @@ class Library:
         reports the plan and changes nothing; `wait` waits for another writer instead of failing;
         `prune` removes gone images even when more than half of a folder's would go (else they
         are held back, see `IngestReport.held_back`); `index_features` are checked against the
-        library's features before anything is written.
+        library's features before anything is written. `features` choose what a new library
+        stores (see vitdex.embedder.features); an existing one refuses any it does not store.
         """
         from vitdex.library.ingest import ingest
 
         return ingest(
             self, paths, model=model, device=device, runtime=runtime, batch_size=batch_size,
             workers=workers, commit_every=commit_every, dry_run=dry_run, wait=wait, prune=prune,
-            index_features=index_features, progress=progress,
+            index_features=index_features, features=features, progress=progress,
         )  # fmt: skip
 
     def forget(self, paths: Iterable[str | Path], *, wait: bool = False) -> int:

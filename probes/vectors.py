@@ -99,7 +99,7 @@ def labelled_vectors(
         else:
             reason = reasons.get(example.path, "not an image file vitdex can read")
             skipped.append({"path": example.path, "label": example.label, "reason": reason})
-    dim = library.require_spec().dim
+    dim = library.require_spec().dim_of(feature)
     vectors = (
         np.stack([stored[e.path][1] for e in kept]) if kept else np.empty((0, dim), np.float32)
     )

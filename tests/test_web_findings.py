@@ -216,8 +216,10 @@ def test_duplicates_run_in_the_background_once_per_generation(tmp_path, tiny_mod
             assert 'http-equiv="refresh"' not in done.text
         assert calls == [("cls", None)]
 
+        release.clear()  # the next computation waits for the test, so the GET cannot race it
         library.store.bump_generation()  # the vectors changed: computed again
         assert client.get("/duplicates").status_code == 202
+        release.set()
         assert jobs.get(library.generation(), "cls", None).done.wait(60)
         assert client.get("/duplicates").status_code == 200 and len(calls) == 2
 
