@@ -160,7 +160,7 @@ def forget(paths, library_path, wait, as_json):
 
 
 @click.command()
-@click.argument("image", type=click.Path())
+@click.argument("image", type=click.Path(), required=False)
 @library_option
 @model_options
 @feature_option()
@@ -183,6 +183,13 @@ def forget(paths, library_path, wait, as_json):
     help="With --label: only images this probe labelled L (`probe predict NAME --all`).",
 )
 @click.option("--label", default=None, help="The label --probe must have given.")
+@click.option(
+    "--tag",
+    default=None,
+    metavar="LABEL",
+    help="Only images whose top label (the model's own, see `vitdex tags`) is LABEL, any case."
+    " Without IMAGE: those images, most probable first.",
+)
 @click.option("--paths-only", is_flag=True, help="Print only the paths, one per line (for pipes).")
 @json_option
 def search(
@@ -197,16 +204,22 @@ def search(
     under,
     probe_name,
     label,
+    tag,
     paths_only,
     as_json,
 ):
     """Images that look like IMAGE, most similar first (cosine similarity).
 
     IMAGE may be in the library (its stored vector is used and it is left out of the results)
-    or any image file (embedded on the fly). Each result is a line "SCORE<TAB>PATH".
+    or any image file (embedded on the fly). Each result is a line "SCORE<TAB>PATH". With
+    --tag LABEL and no IMAGE: the images whose top label is LABEL, SCORE being its probability.
     """
     if (probe_name is None) != (label is None):
         raise click.UsageError("--probe and --label go together")
+    if image is None and tag is None:
+        raise click.UsageError("give an IMAGE, a --tag LABEL, or both")
+    if image is None and probe_name is not None:
+        raise click.UsageError("--probe needs an IMAGE")
     with open_library(library_path) as library:
         allowed_ids = None
         if probe_name is not None:
@@ -223,6 +236,7 @@ def search(
             model=model,
             device=device,
             runtime=runtime,
+            tag=tag,
         )
     if as_json:
         emit_json(data)
@@ -230,7 +244,8 @@ def search(
     from vitdex.storage import display
 
     if not data["results"]:
-        click.echo("no results", err=True)
+        hint = f" with the tag {tag!r} (`vitdex tags` lists the labels present)" if tag else ""
+        click.echo(f"no results{hint}", err=True)
     for hit in data["results"]:
         path = display(hit["path"])
         click.echo(path if paths_only else f"{hit['score']:.4f}\t{path}")

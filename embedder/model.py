@@ -25,7 +25,8 @@ from vitdex.embedder.features import (
     parse_feature,
     select_features,
 )
-from vitdex.embedder.pipeline import EmbedResult, cpu_split, stream_embeddings
+from vitdex.embedder.head import TOP_LABELS, ClassifierHead, Label, load_head
+from vitdex.embedder.pipeline import EmbeddedBatch, EmbedResult, cpu_split, stream_embeddings
 from vitdex.embedder.preprocess import Preprocessor
 from vitdex.embedder.spec import EmbeddingSpec
 from vitdex.embedder.weights import weight_files, weights_digest
@@ -61,9 +62,11 @@ class Embedder:
         draft: bool,
         workers: int,
         session: Any = None,
+        head: ClassifierHead | None = None,
         layers: int = 0,
     ) -> None:
         self.model = model
+        self.head = head  # the checkpoint's classifier: labels from the features' forward
         self.session = session  # the int8 runtime's Int8Session; None runs the torch model
         self.preprocessor = preprocessor
         self.spec = spec
@@ -131,6 +134,7 @@ class Embedder:
             net.pooler = None  # random weights: never computed, never offered
         layers = int(net.config.num_hidden_layers)
         features = _choose_features(features, source, layers, has_pooler, runtime)
+        head = load_head(folder, net.config)
 
         preprocessor = Preprocessor.from_processor(processor)
         spec = EmbeddingSpec(
@@ -162,7 +166,8 @@ class Embedder:
             torch.set_num_threads(threads or torch_threads)
         else:  # decoding 12 MP JPEGs is what limits a GPU: every core decodes
             workers = os.cpu_count() or 1
-        log.info("loaded %s on %s, features %s", source, resolved_device, features)
+        log.info("loaded %s on %s, features %s, %s labels", source, resolved_device, features,
+                 len(head.names) if head else "no")  # fmt: skip
         return cls(
             net,
             preprocessor,
@@ -172,6 +177,7 @@ class Embedder:
             draft=draft,
             workers=workers,
             session=session,
+            head=head,
             layers=layers,
         )
 
@@ -201,8 +207,14 @@ class Embedder:
     # ------------------------------------------------------------------ embedding
     def embed_pixels(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """Forward a (n, 3, H, W) float32 batch; returns feature -> (n, dim) normalised float32."""
+        return self.embed_batch(pixel_values).vectors
+
+    def embed_batch(self, pixel_values: np.ndarray, *, top: int = TOP_LABELS) -> EmbeddedBatch:
+        """One forward of a (n, 3, H, W) float32 batch: its feature vectors, and the head's `top`
+        labels of each image when the checkpoint has a classification head."""
         if self.session is not None:
-            return self._embed_int8(np.ascontiguousarray(pixel_values, dtype=np.float32))
+            hidden, pooler = self.session(np.ascontiguousarray(pixel_values, dtype=np.float32))
+            return EmbeddedBatch(self._int8_features(hidden, pooler), self._labels(hidden, top))
         import torch
 
         pixels = torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32))
@@ -219,13 +231,25 @@ class Embedder:
         with torch.inference_mode(), autocast:
             out = self.model(pixel_values=pixels, output_hidden_states=hidden_states)
             feats = select_features(self._features, out, self.model.layernorm)
-            return {
+            vectors = {
                 name: torch.nn.functional.normalize(value, dim=-1).cpu().numpy().astype(np.float32)
                 for name, value in feats.items()
             }
+            return EmbeddedBatch(vectors, self._labels(out.last_hidden_state, top))
 
-    def _embed_int8(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        hidden, pooler = self.session(pixel_values)
+    def _labels(self, hidden: Any, top: int) -> list[tuple[Label, ...]] | None:
+        """The head over the final layer-normed CLS tokens (what ViTForImageClassification
+        reads); None without a head."""
+        if self.head is None:
+            return None
+        cls_tokens = hidden[:, 0]
+        if not isinstance(cls_tokens, np.ndarray):  # a torch tensor, perhaps on the GPU
+            cls_tokens = cls_tokens.float().cpu().numpy()
+        return self.head.top(cls_tokens, top)
+
+    def _int8_features(
+        self, hidden: np.ndarray, pooler: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
         feats = {"cls": hidden[:, 0], "mean": hidden[:, 1:].mean(axis=1), "pooler": pooler}
         return {name: _normalize(feats[name]) for name in self.features}
 
@@ -255,11 +279,13 @@ class Embedder:
         *,
         batch_size: int | None = None,
         workers: int | None = None,
+        top: int = TOP_LABELS,
     ) -> Iterator[EmbedResult[T]]:
         """Stream EmbedResults in input order; bad files yield an error result, never raise.
 
         `items` is consumed lazily (at most about 2 batches in flight); decoding runs in
-        `workers` threads while the model embeds the previous batch.
+        `workers` threads while the model embeds the previous batch. With a classification
+        head, each result also carries the image's `top` labels.
         """
         return stream_embeddings(
             self,
@@ -267,6 +293,7 @@ class Embedder:
             path_of,
             batch_size=batch_size or self.default_batch_size,
             workers=workers or self.default_workers,
+            top=top,
         )
 
     def __repr__(self) -> str:

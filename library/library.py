@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
+from vitdex.embedder.head import TOP_LABELS
 from vitdex.library.config import resolve_library_path, resolve_model
 from vitdex.library.errors import LibraryError, NotFoundError, SpecMismatchError
 from vitdex.library.index_manager import IndexManager
@@ -23,15 +24,18 @@ from vitdex.storage import (
     StoredImage,
     StoredPrediction,
     StoredSpec,
+    TagCount,
     canonical,
     open_regular,
 )
 
 if TYPE_CHECKING:
     from vitdex.embedder import Embedder, EmbeddingSpec
+    from vitdex.embedder.head import Label
     from vitdex.index.vector_index import VectorIndex
     from vitdex.library.export import ExportReport
     from vitdex.library.ingest import IngestReport, Progress
+    from vitdex.library.labels import ImageLabels
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +265,7 @@ class Library:
 
     def search(
         self,
-        query: str | Path,
+        query: str | Path | None,
         *,
         k: int = 10,
         feature: str = "cls",
@@ -271,17 +275,20 @@ class Library:
         model: str | None = None,
         device: str = "auto",
         runtime: str | None = None,
+        tag: str | None = None,
     ) -> dict:
         """The k images most similar to `query` by cosine, best first, the query left out.
 
-        `under` (a folder) and `allowed_ids` restrict the candidates inside FAISS, so k results
-        come back whenever k candidates exist; `min_score` drops results below a cosine.
+        `under` (a folder), `allowed_ids` and `tag` (images whose top label is it, any case)
+        restrict the candidates inside FAISS, so k results come back whenever k candidates
+        exist; `min_score` drops results below a cosine. With `tag` and no `query`: the images
+        whose top label is `tag`, most probable first (score: that probability).
         """
         from vitdex.library.search import search
 
         return search(
             self, query, k=k, feature=feature, min_score=min_score, under=under,
-            allowed_ids=allowed_ids, model=model, device=device, runtime=runtime,
+            allowed_ids=allowed_ids, model=model, device=device, runtime=runtime, tag=tag,
         )  # fmt: skip
 
     def status(self) -> dict:
@@ -324,12 +331,14 @@ class Library:
         limit: int = 100,
         probe: str | None = None,
         label: str | None = None,
+        tag: str | None = None,
     ) -> tuple[list[StoredImage], int]:
         """A page of images by path after `after` (or the last ones before `before`: paging by
-        key, both ways), and how many match."""
+        key, both ways), and how many match; `tag`: only images whose top label it is."""
         page = self.store.images.page(under=under, after=after, before=before, limit=limit,
-                                      probe=probe, label=label)  # fmt: skip
-        return page, self.store.images.count_page(under=under, probe=probe, label=label)
+                                      probe=probe, label=label, tag=tag)  # fmt: skip
+        count = self.store.images.count_page(under=under, probe=probe, label=label, tag=tag)
+        return page, count
 
     def prediction_labels(self) -> list[tuple[str, str]]:
         return self.store.probes.labels()
@@ -362,6 +371,33 @@ class Library:
 
         return export(self, out, features=tuple(features), under=under, format=format,
                       progress=progress)  # fmt: skip
+
+    # --- the checkpoint's own labels ---
+    def labels(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        top: int = TOP_LABELS,
+        model: str | None = None,
+        device: str = "auto",
+        runtime: str | None = None,
+    ) -> list[ImageLabels]:
+        """Each image's `top` labels from the model's classification head, best first, in the
+        order given: stored ones for library images, else embedded now (an unreadable file gets
+        an `error`). Raises NoLabelsError when the model has no head."""
+        from vitdex.library.labels import image_labels
+
+        return image_labels(self, paths, top=top, model=model, device=device, runtime=runtime)
+
+    def labels_of(self, image_id: int) -> tuple[Label, ...]:
+        """A library image's stored labels, best first (none without a head); loads no model."""
+        from vitdex.library.labels import labels_of
+
+        return labels_of(self, image_id)
+
+    def tags(self) -> list[TagCount]:
+        """The top labels the images have, with how many have each, most common first."""
+        return self.store.labels.tags()
 
 
 def _is_commit(revision: str) -> bool:

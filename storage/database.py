@@ -22,7 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from vitdex.storage import files
 from vitdex.storage.errors import StorageError
-from vitdex.storage.models import Base, Folder, Generation
+from vitdex.storage.models import Base, Folder, Generation, Label
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,13 @@ def _v2_identity(conn: Connection) -> None:
     )
 
 
+def _v3_labels(conn: Connection) -> None:
+    """The checkpoint's own labels per content (empty for what was embedded before)."""
+    Base.metadata.create_all(conn, tables=[Label.__table__])
+
+
 # Schema version N is reached by running MIGRATIONS[N - 1]; append, never edit.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _v2_identity]
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _v2_identity, _v3_labels]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

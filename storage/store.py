@@ -58,6 +58,7 @@ class Store:
     def __init__(self, folder: Path, *, create: bool = False):
         from vitdex.storage.export_rows import ExportRows
         from vitdex.storage.images import Images
+        from vitdex.storage.labels import Labels
         from vitdex.storage.probes import Probes
         from vitdex.storage.vectors import Vectors
 
@@ -72,6 +73,7 @@ class Store:
         self.vectors = Vectors(self)
         self.probes = Probes(self)
         self.export_rows = ExportRows(self)
+        self.labels = Labels(self)
 
     def close(self) -> None:
         self.engine.dispose()
