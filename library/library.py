@@ -69,6 +69,13 @@ class Library:
         return self.store.read_only
 
     @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read snapshot: every call on this library inside sees the database at one moment
+        (a gallery page and its counts agree, and share one transaction)."""
+        with self.store.snapshot():
+            yield
+
+    @contextmanager
     def writing(self, *, wait: bool = False) -> Iterator[None]:
         """The library's write lock, held by every writer (never needed to read). Reentrant
         within this Library: a writer may call another writer (probe train ingests)."""
