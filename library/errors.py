@@ -23,3 +23,7 @@ class NotFoundError(VitdexError):
 
 class ExportError(VitdexError):
     """An export cannot be written as asked (its output exists, pyarrow is missing)."""
+
+
+class NoLabelsError(VitdexError):
+    """The library's model has no classification head, so its images have no labels."""

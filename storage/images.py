@@ -95,6 +95,12 @@ def _under(column, folder: str):
     return (column >= low) & (column < high)
 
 
+def _with_tag(query, tag: str | None):
+    from vitdex.storage.labels import top_label_contents
+
+    return query if tag is None else query.where(Image.content_id.in_(top_label_contents(tag)))
+
+
 class Images:
     """The store's statements about images, folders, contents and failures."""
 
@@ -204,10 +210,12 @@ class Images:
         limit: int = 100,
         probe: str | None = None,
         label: str | None = None,
+        tag: str | None = None,
     ) -> list[StoredImage]:
         """Up to `limit` images by path after the path `after`, or the last `limit` before the
-        path `before` (still in path order): paging by key, never OFFSET."""
-        query = _select_images()
+        path `before` (still in path order): paging by key, never OFFSET. `tag`: only images
+        whose top label (the checkpoint's own) it is."""
+        query = _with_tag(_select_images(), tag)
         if under is not None:
             query = query.where(_under(Image.path, under))
         if after is not None:
@@ -226,9 +234,14 @@ class Images:
         return rows[::-1] if order is not Image.path else rows
 
     def count_page(
-        self, *, under: str | None = None, probe: str | None = None, label: str | None = None
+        self,
+        *,
+        under: str | None = None,
+        probe: str | None = None,
+        label: str | None = None,
+        tag: str | None = None,
     ) -> int:
-        query = select(func.count()).select_from(Image)
+        query = _with_tag(select(func.count()).select_from(Image), tag)
         if under is not None:
             query = query.where(_under(Image.path, under))
         if probe is not None:

@@ -46,6 +46,10 @@ class StoredSpec:
     dim: int
     data: dict[str, Any]  # the EmbeddingSpec as a dict
 
+    def dim_of(self, feature: str) -> int:
+        """Length of the feature's vectors (cls-last4 is 4 x dim); `dim` in older specs."""
+        return int((self.data.get("feature_dims") or {}).get(feature, self.dim))
+
 
 @dataclass(frozen=True, slots=True)
 class LibraryState:
@@ -55,7 +59,6 @@ class LibraryState:
     generation: int
     token: str  # the random token of `generation` in this database's history ("" for 0)
     count: int  # images
-    id_sum: int  # sum of image ids: with count, a cheap fingerprint of the id set
 
 
 class WriterLock:
@@ -80,6 +83,7 @@ class Store:
     def __init__(self, folder: Path, *, database: str | None = None, create: bool = False):
         from vitdex.storage.export_rows import ExportRows
         from vitdex.storage.images import Images
+        from vitdex.storage.labels import Labels
         from vitdex.storage.probes import Probes
         from vitdex.storage.vectors import Vectors
 
@@ -102,6 +106,7 @@ class Store:
         self.vectors = Vectors(self)
         self.probes = Probes(self)
         self.export_rows = ExportRows(self)
+        self.labels = Labels(self)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -234,12 +239,8 @@ class Store:
     def state(self) -> LibraryState:
         with self.snapshot() as s:
             generation = self.generation()
-            count, id_sum = s.execute(
-                select(func.count(), func.coalesce(func.sum(Image.id), 0))
-            ).one()
-            return LibraryState(
-                self.library_id, generation, self.token_of(generation) or "", count, id_sum
-            )
+            count = s.scalar(select(func.count()).select_from(Image))  # an index-only count
+            return LibraryState(self.library_id, generation, self.token_of(generation) or "", count)
 
     # --- the spec -------------------------------------------------------------------------------
     def spec(self) -> StoredSpec | None:
