@@ -339,7 +339,7 @@ def with_copies(tmp_path_factory, tiny_model) -> dict:
     }
 
 
-def test_copies_and_near_duplicates_never_straddle_a_split(with_copies):
+def test_copies_and_near_duplicates_never_straddle_a_split(with_copies, own_database):
     """Identical files and edited copies are grouped with their original, and no group has
     members on both sides of the validation split (nor of the sweep's inner split)."""
     from vitdex.library import Library
@@ -378,7 +378,9 @@ def test_copies_and_near_duplicates_never_straddle_a_split(with_copies):
         assert not set(groups[rest][inner_fit].tolist()) & set(groups[rest][inner_val].tolist())
 
 
-def test_test_set_skips_copies_and_near_duplicates_of_training_images(with_copies, caplog):
+def test_test_set_skips_copies_and_near_duplicates_of_training_images(
+    with_copies, caplog, own_database
+):
     result = run(
         "probe", "train", "scored", "--folders", with_copies["classes"], "--test",
         with_copies["test_csv"], "--json", "--library", with_copies["root"] / "library-test",
@@ -396,7 +398,7 @@ def test_test_set_skips_copies_and_near_duplicates_of_training_images(with_copie
     assert f"near duplicate of training image {green3}" in caplog.text
 
 
-def test_no_ingest_keeps_labelled_images_out_of_the_library(with_copies):
+def test_no_ingest_keeps_labelled_images_out_of_the_library(with_copies, own_database):
     from vitdex.library import Library
 
     kept_out = with_copies["root"] / "kept-out"
