@@ -3,10 +3,10 @@
 100k x 768 synthetic L2-normalised embeddings in 100 overlapping Gaussian classes (a shared
 direction, like real ViT vectors, plus class centres and noise). Times
 `vitdex.probes.train.fit_and_score`, exactly what `vitdex probe train` computes: hold out a 20%
-evaluation split, sweep C on an inner split of the rest (fits on a 25k stratified sample), score
-the chosen C's model on the held-out split, refit on all 100k points. Then times scikit-learn's
-LogisticRegression (lbfgs) fitted once, at the C the sweep chose, on the same 100k points:
-one fit against our whole pipeline.
+evaluation split, sweep C on an inner split of the rest (fits on a 25k stratified sample), refit
+the chosen C on the rest and score that on the held-out split, refit on all 100k points. Then
+times scikit-learn's LogisticRegression (lbfgs) fitted once, at the C the sweep chose, on the
+same 100k points: one fit against our whole pipeline.
 
     python bench/probe_train.py [--n 100000] [--dim 768] [--classes 100] [--threads 2]
 """
@@ -60,8 +60,9 @@ def main() -> None:
 
     classes = [f"class{i}" for i in range(args.classes)]
     started = time.perf_counter()
-    tuned, validation = fit_and_score(x_train, y_train, classes, balanced=False,
-                                      rng=np.random.default_rng(0))
+    fitted = fit_and_score(x_train, y_train, classes, balanced=False,
+                           rng=np.random.default_rng(0))
+    tuned, validation = fitted.final, fitted.validation
     ours = time.perf_counter() - started
     accuracy = float(np.mean(tuned.model.proba(x_test).argmax(axis=1) == y_test))
     for row in tuned.sweep:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from vitdex.library.config import LIBRARY_ENV, MODEL_ENV
+from vitdex.library.config import DATABASE_ENV, LIBRARY_ENV, MODEL_ENV
 
 
 class VitdexGroup(click.Group):
@@ -26,7 +26,26 @@ class VitdexGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+DATABASE_META = "vitdex.database"
+
+
+def _remember_database(ctx: click.Context, _param, value: str | None) -> str | None:
+    if value:
+        ctx.meta[DATABASE_META] = value  # read by open_library
+    return value
+
+
 def library_option(func: Callable) -> Callable:
+    """--library and --database: where a library's files and its metadata live."""
+    func = click.option(
+        "--database",
+        metavar="URL",
+        expose_value=False,
+        callback=_remember_database,
+        help=f"Keep the library's metadata and vectors in this PostgreSQL database, e.g."
+        f" postgresql+psycopg://user@host/vitdex (default: ${DATABASE_ENV}, else a SQLite file"
+        " in the library folder). The folder keeps this machine's index files and caches.",
+    )(func)
     return click.option(
         "--library",
         "library_path",
@@ -93,20 +112,61 @@ def json_option(func: Callable) -> Callable:
     )(func)
 
 
-def feature_option(default: str = "cls") -> Callable:
+FEATURES_HELP = (
+    "cls (CLS token), mean (mean of patch tokens), pooler (trained pooler only), cls-last4 (CLS"
+    " of the last 4 blocks, concatenated: DINO's linear-eval input), cls-N / mean-N (block N,"
+    " from 1), cls-lastK / mean-lastK"
+)
+
+
+def _spelled_like_a_feature(name: str | None, param: click.Parameter | None = None) -> None:
+    from vitdex.library import FEATURE_NAMES, is_feature_name
+
+    if name is not None and not is_feature_name(name):
+        raise click.BadParameter(f"{name!r} is not a feature; features are {FEATURE_NAMES}",
+                                 param=param)  # fmt: skip
+
+
+def _check_feature(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    _spelled_like_a_feature(value, param)
+    return value
+
+
+def feature_option(default: str | None = "cls") -> Callable:
+    """--feature NAME: free text, spelled like a feature (else a usage error); the library
+    checks it against the features it stores."""
     return click.option(
         "--feature",
-        type=click.Choice(["cls", "mean", "pooler"]),
+        metavar="NAME",
+        callback=_check_feature,
         default=default,
-        show_default=True,
-        help="Which stored vector to use: CLS token, mean of patch tokens, or trained pooler.",
+        show_default=default is not None,
+        help=f"Which stored vector to use: {FEATURES_HELP}. The library refuses one it does"
+        " not store.",
     )
+
+
+def parse_features(
+    _ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[str, ...] | None:
+    """--features a,b,c -> ("a", "b", "c"), each spelled like a feature; the embedder checks
+    that the model can make them."""
+    if value is None:
+        return None
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not names:
+        raise click.BadParameter("name at least one feature, e.g. cls,mean,cls-last4", param=param)
+    for name in names:
+        _spelled_like_a_feature(name, param)
+    return names
 
 
 def open_library(library_path: str | None, *, create: bool = False):
     from vitdex.library import Library
 
-    return Library.open(library_path, create=create)
+    ctx = click.get_current_context(silent=True)
+    database = ctx.meta.get(DATABASE_META) if ctx is not None else None
+    return Library.open(library_path, database=database, create=create)
 
 
 def emit_json(data) -> None:

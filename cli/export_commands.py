@@ -15,8 +15,8 @@ from vitdex.cli.common import emit_json, json_option, library_option, open_libra
     "features",
     metavar="NAME",
     multiple=True,
-    help="A stored feature to export (cls, mean, ...); repeat for several. Default: every"
-    " feature the library stores.",
+    help="A stored feature to export (cls, mean, cls-last4, ...); repeat for several. Default:"
+    " every feature the library stores.",
 )
 @click.option(
     "--under", type=click.Path(file_okay=False), default=None, help="Only images below this folder."

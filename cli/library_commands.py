@@ -7,6 +7,7 @@ from contextlib import ExitStack
 import click
 
 from vitdex.cli.common import (
+    FEATURES_HELP,
     Cosine,
     emit_json,
     feature_option,
@@ -14,6 +15,7 @@ from vitdex.cli.common import (
     library_option,
     model_options,
     open_library,
+    parse_features,
     stderr_progress,
 )
 
@@ -22,7 +24,16 @@ from vitdex.cli.common import (
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @library_option
 @model_options
-@feature_option()
+@feature_option(None)
+@click.option(
+    "--features",
+    "features",
+    metavar="A,B,...",
+    callback=parse_features,
+    help="What a new library stores, comma-separated (default: cls,mean, and pooler when the"
+    f" checkpoint has trained pooler weights). {FEATURES_HELP}. Chosen once: an existing library"
+    " keeps its own and refuses others.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
@@ -71,6 +82,7 @@ def ingest(
     device,
     runtime,
     feature,
+    features,
     batch_size,
     workers,
     dry_run,
@@ -108,7 +120,8 @@ def ingest(
             dry_run=dry_run,
             prune=prune,
             wait=wait,
-            index_features=(feature,),
+            index_features=(feature,) if feature else (),
+            features=features,
             progress=bars.update,
             executor=executor,
         )
@@ -179,7 +192,7 @@ def forget(paths, library_path, wait, as_json):
 
 
 @click.command()
-@click.argument("image", type=click.Path())
+@click.argument("image", type=click.Path(), required=False)
 @library_option
 @model_options
 @feature_option()
@@ -202,6 +215,13 @@ def forget(paths, library_path, wait, as_json):
     help="With --label: only images this probe labelled L (`probe predict NAME --all`).",
 )
 @click.option("--label", default=None, help="The label --probe must have given.")
+@click.option(
+    "--tag",
+    default=None,
+    metavar="LABEL",
+    help="Only images whose top label (the model's own, see `vitdex tags`) is LABEL, any case."
+    " Without IMAGE: those images, most probable first.",
+)
 @click.option("--paths-only", is_flag=True, help="Print only the paths, one per line (for pipes).")
 @json_option
 def search(
@@ -216,16 +236,22 @@ def search(
     under,
     probe_name,
     label,
+    tag,
     paths_only,
     as_json,
 ):
     """Images that look like IMAGE, most similar first (cosine similarity).
 
     IMAGE may be in the library (its stored vector is used and it is left out of the results)
-    or any image file (embedded on the fly). Each result is a line "SCORE<TAB>PATH".
+    or any image file (embedded on the fly). Each result is a line "SCORE<TAB>PATH". With
+    --tag LABEL and no IMAGE: the images whose top label is LABEL, SCORE being its probability.
     """
     if (probe_name is None) != (label is None):
         raise click.UsageError("--probe and --label go together")
+    if image is None and tag is None:
+        raise click.UsageError("give an IMAGE, a --tag LABEL, or both")
+    if image is None and probe_name is not None:
+        raise click.UsageError("--probe needs an IMAGE")
     with open_library(library_path) as library:
         allowed_ids = None
         if probe_name is not None:
@@ -242,6 +268,7 @@ def search(
             model=model,
             device=device,
             runtime=runtime,
+            tag=tag,
         )
     if as_json:
         emit_json(data)
@@ -249,7 +276,8 @@ def search(
     from vitdex.storage import display
 
     if not data["results"]:
-        click.echo("no results", err=True)
+        hint = f" with the tag {tag!r} (`vitdex tags` lists the labels present)" if tag else ""
+        click.echo(f"no results{hint}", err=True)
     for hit in data["results"]:
         path = display(hit["path"])
         click.echo(path if paths_only else f"{hit['score']:.4f}\t{path}")

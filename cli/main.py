@@ -36,6 +36,7 @@ def _register() -> None:
         dupes_commands,
         export_commands,
         index_commands,
+        label_commands,
         library_commands,
         probe_commands,
         serve_commands,
@@ -48,6 +49,7 @@ def _register() -> None:
         serve_commands.serve,
         *probe_commands.COMMANDS,
         export_commands.export,
+        *label_commands.COMMANDS,
     ):
         main.add_command(command)
 

@@ -66,6 +66,12 @@ def _examples(labels_csv: str | None, folders_root: str | None):
 )
 @click.option("--balanced", is_flag=True, help="Weight classes inversely to their frequency.")
 @click.option("--replace", is_flag=True, help="Replace an existing probe of this name.")
+@click.option(
+    "--no-ingest",
+    is_flag=True,
+    help="Embed labelled images the library lacks on the fly, without adding them to it"
+    " (by default they are ingested, and then show up in search, dupes and the gallery).",
+)
 @wait_option
 @json_option
 def train(
@@ -81,13 +87,15 @@ def train(
     cv,
     balanced,
     replace,
+    no_ingest,
     wait,
     as_json,
 ):
     """Train probe NAME from labelled images (logistic regression, L2 tuned on a held-out split).
 
-    Labelled images not in the library yet are ingested first; missing or unreadable files are
-    reported and skipped.
+    Labelled images not in the library yet are ingested first, for good (use --no-ingest to keep
+    them out); missing or unreadable files are reported and skipped. Identical files and near
+    duplicates always fall on the same side of every split.
     """
     from vitdex.probes.labels import read_csv_labels
     from vitdex.probes.train import train_probe
@@ -110,6 +118,7 @@ def train(
             device=device,
             runtime=runtime,
             wait=wait,
+            ingest=not no_ingest,
         )
     if as_json:  # skipped rows were logged as warnings on stderr as they were found
         emit_json(data)
@@ -117,8 +126,18 @@ def train(
     click.echo(
         f"probe {name}: {len(data['classes'])} labels ({', '.join(data['classes'])}),"
         f" feature {feature}, {data['metrics']['examples']} images"
-        f" ({len(data['skipped'])} skipped, {data['ingested']} newly ingested)"
+        f" ({len(data['skipped'])} skipped)"
     )
+    if data["ingested"]:
+        click.echo(
+            f"{data['ingested']} labelled images were added to the library"
+            " (use --no-ingest to keep them out)"
+        )
+    if data["embedded_only"]:
+        click.echo(
+            f"{data['embedded_only']} labelled images were embedded for this probe only"
+            " (not added to the library)"
+        )
     _echo_metrics(data["metrics"], data["classes"])
 
 
@@ -130,6 +149,8 @@ def _echo_report(title: str, report: dict, classes: list[str]) -> None:
     if "top5_accuracy" in report:
         line += f", top-5 {report['top5_accuracy']:.3f}"
     click.echo(line)
+    if "measured_by" in report:
+        click.echo(f"  measured on {report['measured_by']}")
     width = max(8, *(len(label) for label in classes))
     click.echo(f"  {'label':<{width}}  precision  recall     f1  support")
     for label in classes:
@@ -152,13 +173,23 @@ def _echo_metrics(metrics: dict, classes: list[str]) -> None:
         f"C {reg['C']:g} (l2 {reg['l2']:.2g}), chosen by validation {reg['selected_by']}"
         f" on an inner split; sweep {tried}"
     )
-    _echo_report("validation", metrics["validation"], classes)
+    if "grouping" in metrics:
+        grouping = metrics["grouping"]
+        click.echo(
+            f"splits by content: {grouping['groups']} groups ({grouping['identical']} images"
+            f" with an identical copy, {grouping['near']} in near-duplicate groups at cosine"
+            f" >= {grouping['threshold']:.4f}) never straddle a split"
+        )
+    validation = metrics["validation"]
+    method = validation.get("method")
+    _echo_report(f"validation, {method}" if method else "validation", validation, classes)
     if "test" in metrics:
-        _echo_report("test", metrics["test"], classes)
+        _echo_report("test, saved probe on the --test set", metrics["test"], classes)
     if "cv" in metrics:
         cv = metrics["cv"]
         _echo_report(
-            f"{cv['folds']}-fold cross-validation, accuracy std {cv['accuracy_std']:.3f},",
+            f"{cv['folds']}-fold cross-validation (each fold tunes and refits on its training"
+            f" part), accuracy std {cv['accuracy_std']:.3f},",
             cv,
             classes,
         )
@@ -179,14 +210,27 @@ def list_command(library_path, as_json):
         return
     if not probes:
         click.echo("no probes (train one with `vitdex probe train NAME --folders ROOT`)")
-    for row in probes:
-        accuracy = row["val_accuracy"]
-        usable = "" if row["matches_library_spec"] else "  (other spec: unusable here)"
+        return
+    rows = [_list_row(row) for row in probes]
+    header = ("name", "labels", "feature", "val accuracy", "stored predictions", "created", "")
+    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+    for cells in [header, *rows]:
         click.echo(
-            f"{row['name']}  {len(row['classes'])} labels  {row['feature']}"
-            f"  val accuracy {accuracy:.3f}  {row['stored_predictions']} stored predictions"
-            f"  {row['created_at'][:19]}{usable}"
+            "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
         )
+
+
+def _list_row(row: dict) -> tuple[str, ...]:
+    accuracy = row["val_accuracy"]
+    return (
+        row["name"],
+        str(len(row["classes"])),
+        row["feature"],
+        "-" if accuracy is None else f"{accuracy:.3f}",
+        str(row["stored_predictions"]),
+        row["created_at"][:19],
+        "" if row["matches_library_spec"] else "(other spec: unusable here)",
+    )
 
 
 @probe.command()
@@ -256,8 +300,11 @@ def delete(name, library_path, wait, as_json):
 def predict(name, images, all_images, top, library_path, model, device, runtime, wait, as_json):
     """Label IMAGES (or --all library images) with probe NAME, with softmax probabilities.
 
-    Images outside the library are embedded on the fly. --all stores the labels, so it waits
-    for (with --wait) or refuses to run beside another writer.
+    Images outside the library are embedded on the fly. An image that is missing or cannot be
+    read gets one line on stderr (its path and why; in --json, an "errors" list) and the others
+    are still labelled: the exit status is 0 when at least one image was labelled, 1 when none
+    was. --all stores the labels, so it waits for (with --wait) or refuses to run beside another
+    writer.
     """
     from vitdex.probes.predict import predict_all, predict_paths
 
@@ -273,16 +320,19 @@ def predict(name, images, all_images, top, library_path, model, device, runtime,
             )
     if as_json:
         emit_json(data)
-        return
-    if all_images:
+    elif all_images:
         click.echo(
             f"stored {data['stored']} predictions of probe {name}: "
             + ", ".join(f"{label} {n}" for label, n in data["counts"].items())
         )
-        return
-    for row in data["predictions"]:
-        ranked = "  ".join(f"{t['label']} {t['score']:.3f}" for t in row["top"])
-        click.echo(f"{row['path']}  {ranked}")
+    else:
+        for error in data["errors"]:
+            click.echo(f"{error['path']}: {error['reason']}", err=True)
+        for row in data["predictions"]:
+            ranked = "  ".join(f"{t['label']} {t['score']:.3f}" for t in row["top"])
+            click.echo(f"{row['path']}  {ranked}")
+    if not all_images and not data["predictions"]:
+        click.get_current_context().exit(1)  # every image was bad: each said why above
 
 
 COMMANDS = (probe,)

@@ -18,7 +18,15 @@ from PIL import Image
 
 from vitdex.embedder.decode import decode_image
 from vitdex.embedder.errors import DeviceError, FeatureError, ModelLoadError
-from vitdex.embedder.pipeline import EmbedResult, cpu_split, stream_embeddings
+from vitdex.embedder.features import (
+    BASE_FEATURES,
+    Feature,
+    canonical_features,
+    parse_feature,
+    select_features,
+)
+from vitdex.embedder.head import TOP_LABELS, ClassifierHead, Label, load_head
+from vitdex.embedder.pipeline import EmbeddedBatch, EmbedResult, cpu_split, stream_embeddings
 from vitdex.embedder.preprocess import Preprocessor
 from vitdex.embedder.spec import EmbeddingSpec
 from vitdex.embedder.weights import weight_files, weights_digest
@@ -28,7 +36,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
-BASE_FEATURES: tuple[str, ...] = ("cls", "mean")
 _CHUNK = 64  # images per forward in embed_images, to bound activation memory
 GPU_BATCH = 64  # images per forward on a GPU: small batches leave it idle between launches
 CPU_BATCH = 16
@@ -55,8 +62,11 @@ class Embedder:
         draft: bool,
         workers: int,
         session: Any = None,
+        head: ClassifierHead | None = None,
+        layers: int = 0,
     ) -> None:
         self.model = model
+        self.head = head  # the checkpoint's classifier: labels from the features' forward
         self.session = session  # the int8 runtime's Int8Session; None runs the torch model
         self.preprocessor = preprocessor
         self.spec = spec
@@ -65,6 +75,7 @@ class Embedder:
         self.draft = draft
         self.default_workers = workers
         self.default_batch_size = CPU_BATCH if device == "cpu" else GPU_BATCH
+        self._features = tuple(parse_feature(name, layers) for name in spec.features)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -78,6 +89,7 @@ class Embedder:
         threads: int | None = None,
         runtime: str = "fp32",
         cache_dir: str | Path | None = None,
+        features: Iterable[str] | None = None,
     ) -> Embedder:
         """Load `model` (hub id or local folder) through the same transformers code path.
 
@@ -90,6 +102,8 @@ class Embedder:
         CPU thread count. `runtime` "int8" runs the model through ONNX Runtime, quantized (CPU
         only, see quantized.py), cached in `cache_dir` (default: the user cache folder).
         `cache_dir` also remembers weight digests, so a local model is hashed once.
+        `features` (names, see vitdex.embedder.features) default to cls and mean, and pooler
+        when the checkpoint has trained pooler weights; FeatureError if one cannot be made.
         """
         import torch
 
@@ -118,7 +132,9 @@ class Embedder:
         has_pooler = getattr(net, "pooler", None) is not None and not net._vitdex_pooler_missing
         if not has_pooler:
             net.pooler = None  # random weights: never computed, never offered
-        features = (*BASE_FEATURES, "pooler") if has_pooler else BASE_FEATURES
+        layers = int(net.config.num_hidden_layers)
+        features = _choose_features(features, source, layers, has_pooler, runtime)
+        head = load_head(folder, net.config)
 
         preprocessor = Preprocessor.from_processor(processor)
         spec = EmbeddingSpec(
@@ -150,7 +166,8 @@ class Embedder:
             torch.set_num_threads(threads or torch_threads)
         else:  # decoding 12 MP JPEGs is what limits a GPU: every core decodes
             workers = os.cpu_count() or 1
-        log.info("loaded %s on %s, features %s", source, resolved_device, features)
+        log.info("loaded %s on %s, features %s, %s labels", source, resolved_device, features,
+                 len(head.names) if head else "no")  # fmt: skip
         return cls(
             net,
             preprocessor,
@@ -160,16 +177,20 @@ class Embedder:
             draft=draft,
             workers=workers,
             session=session,
+            head=head,
+            layers=layers,
         )
 
     # ------------------------------------------------------------------ features
     @property
     def features(self) -> tuple[str, ...]:
-        """Features this checkpoint can produce: cls, mean, and pooler only when trained."""
+        """Features this embedder makes (the spec's): by default cls, mean, and pooler only
+        when trained."""
         return self.spec.features
 
     @property
     def dim(self) -> int:
+        """The model's width: the length of cls, mean and pooler (see `spec.dim_of`)."""
         return self.spec.dim
 
     def check_feature(self, name: str) -> str:
@@ -186,8 +207,14 @@ class Embedder:
     # ------------------------------------------------------------------ embedding
     def embed_pixels(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """Forward a (n, 3, H, W) float32 batch; returns feature -> (n, dim) normalised float32."""
+        return self.embed_batch(pixel_values).vectors
+
+    def embed_batch(self, pixel_values: np.ndarray, *, top: int = TOP_LABELS) -> EmbeddedBatch:
+        """One forward of a (n, 3, H, W) float32 batch: its feature vectors, and the head's `top`
+        labels of each image when the checkpoint has a classification head."""
         if self.session is not None:
-            return self._embed_int8(np.ascontiguousarray(pixel_values, dtype=np.float32))
+            hidden, pooler = self.session(np.ascontiguousarray(pixel_values, dtype=np.float32))
+            return EmbeddedBatch(self._int8_features(hidden, pooler), self._labels(hidden, top))
         import torch
 
         pixels = torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32))
@@ -200,28 +227,38 @@ class Embedder:
             if self.device.startswith("cuda")
             else contextlib.nullcontext()
         )
+        hidden_states = any(f.needs_hidden_states for f in self._features)
         with torch.inference_mode(), autocast:
-            out = self.model(pixel_values=pixels)
-            hidden = out.last_hidden_state.float()  # already layer-normed by ViTModel
-            feats = {"cls": hidden[:, 0], "mean": hidden[:, 1:].mean(dim=1)}
-            if self.has_pooler:
-                feats["pooler"] = out.pooler_output.float()
-            return {
+            out = self.model(pixel_values=pixels, output_hidden_states=hidden_states)
+            feats = select_features(self._features, out, self.model.layernorm)
+            vectors = {
                 name: torch.nn.functional.normalize(value, dim=-1).cpu().numpy().astype(np.float32)
                 for name, value in feats.items()
             }
+            return EmbeddedBatch(vectors, self._labels(out.last_hidden_state, top))
 
-    def _embed_int8(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        hidden, pooler = self.session(pixel_values)
-        feats = {"cls": hidden[:, 0], "mean": hidden[:, 1:].mean(axis=1)}
-        if pooler is not None:
-            feats["pooler"] = pooler
-        return {name: _normalize(value) for name, value in feats.items()}
+    def _labels(self, hidden: Any, top: int) -> list[tuple[Label, ...]] | None:
+        """The head over the final layer-normed CLS tokens (what ViTForImageClassification
+        reads); None without a head."""
+        if self.head is None:
+            return None
+        cls_tokens = hidden[:, 0]
+        if not isinstance(cls_tokens, np.ndarray):  # a torch tensor, perhaps on the GPU
+            cls_tokens = cls_tokens.float().cpu().numpy()
+        return self.head.top(cls_tokens, top)
+
+    def _int8_features(
+        self, hidden: np.ndarray, pooler: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        feats = {"cls": hidden[:, 0], "mean": hidden[:, 1:].mean(axis=1), "pooler": pooler}
+        return {name: _normalize(feats[name]) for name in self.features}
 
     def embed_images(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         """Embed RGB PIL images (already decoded); feature -> (n, dim)."""
         if not images:
-            return {name: np.zeros((0, self.dim), np.float32) for name in self.features}
+            return {
+                name: np.zeros((0, self.spec.dim_of(name)), np.float32) for name in self.features
+            }
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, len(images), _CHUNK):
             chunk = images[start : start + _CHUNK]
@@ -242,11 +279,13 @@ class Embedder:
         *,
         batch_size: int | None = None,
         workers: int | None = None,
+        top: int = TOP_LABELS,
     ) -> Iterator[EmbedResult[T]]:
         """Stream EmbedResults in input order; bad files yield an error result, never raise.
 
         `items` is consumed lazily (at most about 2 batches in flight); decoding runs in
-        `workers` threads while the model embeds the previous batch.
+        `workers` threads while the model embeds the previous batch. With a classification
+        head, each result also carries the image's `top` labels.
         """
         return stream_embeddings(
             self,
@@ -254,6 +293,7 @@ class Embedder:
             path_of,
             batch_size=batch_size or self.default_batch_size,
             workers=workers or self.default_workers,
+            top=top,
         )
 
     def __repr__(self) -> str:
@@ -261,6 +301,29 @@ class Embedder:
 
 
 # ---------------------------------------------------------------------- helpers
+def _choose_features(
+    names: Iterable[str] | None, source: str, layers: int, has_pooler: bool, runtime: str
+) -> tuple[str, ...]:
+    """The spec's features: the default set, or `names` checked against this checkpoint."""
+    if names is None:
+        return (*BASE_FEATURES, "pooler") if has_pooler else BASE_FEATURES
+    chosen: list[Feature] = [parse_feature(name, layers) for name in names]
+    if not chosen:
+        raise FeatureError("no features chosen; choose at least one, e.g. cls")
+    for feature in chosen:
+        if feature.token == "pooler" and not has_pooler:
+            raise FeatureError(
+                f"checkpoint {source} has no trained pooler weights (it is a classification"
+                " checkpoint, its pooler would be random); leave pooler out"
+            )
+        if feature.needs_hidden_states and runtime == "int8":
+            raise FeatureError(
+                f"feature {feature.name}: --runtime int8 makes only cls, mean and pooler"
+                " (the quantized model returns the last block only); use --runtime fp32"
+            )
+    return canonical_features(f.name for f in chosen)
+
+
 def _normalize(vectors: np.ndarray) -> np.ndarray:
     """L2-normalise rows as torch.nn.functional.normalize does (eps 1e-12)."""
     vectors = vectors.astype(np.float32, copy=False)

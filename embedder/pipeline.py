@@ -22,6 +22,7 @@ from vitdex.embedder.decode import ImageInfo, decode_image
 from vitdex.embedder.errors import DecodeError
 
 if TYPE_CHECKING:
+    from vitdex.embedder.head import Label
     from vitdex.embedder.model import Embedder
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,21 @@ class EmbedResult(Generic[T]):
     vectors: dict[str, np.ndarray] | None
     info: ImageInfo | None
     error: str | None = None
+    labels: tuple[Label, ...] | None = None
+    """The checkpoint's top labels, best first; None when it has no classification head."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedBatch:
+    """One forward's output: feature -> (n, dim) normalised float32, and each image's top labels
+    (None when the checkpoint has no classification head)."""
+
+    vectors: dict[str, np.ndarray]
+    labels: list[tuple[Label, ...]] | None = None
 
 
 def cpu_split(cores: int | None = None) -> tuple[int, int]:
@@ -68,6 +80,7 @@ def stream_embeddings(
     *,
     batch_size: int,
     workers: int,
+    top: int,
 ) -> Iterator[EmbedResult[T]]:
     """Yield one EmbedResult per item, in input order; see Embedder.embed_files."""
     if batch_size < 1:
@@ -115,7 +128,7 @@ def stream_embeddings(
                     batch.append((item, None, None, f"{type(exc).__name__}: {exc}"))
             refill(len(batch))  # workers decode the next batch while the model runs this one
             good = [row[1] for row in batch if row[1] is not None]
-            vectors = embedder.embed_pixels(np.stack(good)) if good else {}
+            embedded = embedder.embed_batch(np.stack(good), top=top) if good else None
             j = 0
             for item, pixels, info, error in batch:
                 if pixels is None:
@@ -123,9 +136,10 @@ def stream_embeddings(
                     continue
                 yield EmbedResult(
                     item=item,
-                    vectors={name: array[j] for name, array in vectors.items()},
+                    vectors={name: array[j] for name, array in embedded.vectors.items()},
                     info=info,
                     error=None,
+                    labels=embedded.labels[j] if embedded.labels is not None else None,
                 )
                 j += 1
     finally:

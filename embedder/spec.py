@@ -39,9 +39,23 @@ class EmbeddingSpec:
         object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "dim", int(self.dim))
 
+    def dim_of(self, feature: str) -> int:
+        """Length of the feature's vectors: `dim`, or a multiple of it (cls-last4: 4 x dim)."""
+        from vitdex.embedder.features import feature_dim
+
+        return feature_dim(feature, self.dim)
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        return {name: self.dim_of(name) for name in self.features}
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (features as a list)."""
-        return {
+        """Plain JSON-able dict (features as a list).
+
+        `feature_dims` is written only when a feature's length is not `dim` (so older specs'
+        dicts are unchanged); storage reads it, as it cannot parse feature names.
+        """
+        data = {
             "model_id": self.model_id,
             "revision": self.revision,
             "weights": self.weights,
@@ -51,12 +65,16 @@ class EmbeddingSpec:
             "dim": self.dim,
             "runtime": self.runtime,
         }
+        if any(d != self.dim for d in self.feature_dims.values()):
+            data["feature_dims"] = self.feature_dims
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EmbeddingSpec:
         """Inverse of to_dict; unknown keys are ignored so older readers survive newer writers.
 
-        Specs written before `weights` existed read back with weights "" (see `key`).
+        Specs written before `weights` existed read back with weights "" (see `key`);
+        `feature_dims` is derived from features and dim, so it is not read back.
         """
         return cls(
             model_id=str(data["model_id"]),

@@ -12,6 +12,8 @@ _EXPORTS = {
     "Library": "vitdex.library.library",
     "IngestReport": "vitdex.library.ingest",
     "VitdexError": "vitdex.library.errors",
+    "is_feature_name": "vitdex.embedder.features",  # the CLI's spelling check of --feature
+    "FEATURE_NAMES": "vitdex.embedder.features",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -91,7 +91,7 @@ class Committer:
                     self._link(link, generation)
 
     def _store_embedded(self, results: list[EmbedResult[EmbedJob]], generation: int, now) -> None:
-        """A batch's contents, vectors and images: one bulk statement each."""
+        """A batch's contents, vectors, labels and images: one bulk statement each."""
         if not results:
             return
         content_ids = self.store.images.add_contents([
@@ -101,6 +101,9 @@ class Committer:
         ])  # fmt: skip
         self.store.vectors.add(
             self.spec, [(content_ids[r.item.sha256], r.vectors) for r in results]
+        )
+        self.store.labels.add(
+            self.spec, [(content_ids[r.item.sha256], r.labels) for r in results if r.labels]
         )
         new = []
         for r in results:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 LIBRARY_ENV = "VITDEX_LIBRARY"
+DATABASE_ENV = "VITDEX_DATABASE_URL"
 MODEL_ENV = "VITDEX_MODEL"
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 
@@ -23,6 +24,12 @@ def resolve_library_path(option: str | os.PathLike | None = None) -> Path:
     if env := os.environ.get(LIBRARY_ENV):
         return Path(env).expanduser().resolve()
     return default_library_path()
+
+
+def resolve_database(option: str | None = None) -> str | None:
+    """The database URL: `option` if given, else $VITDEX_DATABASE_URL, else None (the SQLite
+    file in the library folder)."""
+    return option or os.environ.get(DATABASE_ENV) or None
 
 
 def resolve_model(option: str | None, library_model: str | None = None) -> str:

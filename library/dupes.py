@@ -72,6 +72,15 @@ def near_components(
     return connected_components(src, dst, ids)
 
 
+def near_components_of(vectors: np.ndarray, *, threshold: float, k: int) -> np.ndarray:
+    """Component label per row of `vectors` (not stored ones), over a fresh index of them."""
+    from vitdex.index.vector_index import VectorIndex
+
+    ids = np.arange(len(vectors), dtype=np.int64)
+    index = VectorIndex.build(ids, vectors, kind="auto")
+    return near_components(index, ids, vectors, threshold=threshold, k=min(k, len(ids)))
+
+
 class _Restricted:
     """The library's index seen through an id filter: just the `dim` and `search` that
     knn_graph uses, so the big index is reused instead of rebuilt for a subset of its ids."""
@@ -289,6 +298,17 @@ def _calibration_sample(library: Library, spec: StoredSpec, feature: str) -> np.
         rng = np.random.default_rng(0)
         contents = np.sort(rng.choice(contents, CALIBRATION_SAMPLE, replace=False))
     return library.store.vectors.of_contents(spec, feature, contents)
+
+
+def calibrated_threshold(library: Library, feature: str, extra: np.ndarray | None = None) -> float:
+    """The near-duplicate threshold `find_duplicates` calibrates for the library's feature;
+    `extra` vectors (embedded, not stored) fill the sample up to CALIBRATION_SAMPLE."""
+    spec = library.store.spec()
+    parts = [] if spec is None else [_calibration_sample(library, spec, feature)]
+    room = CALIBRATION_SAMPLE - sum(len(part) for part in parts)
+    if extra is not None and len(extra) and room > 0:
+        parts.append(np.asarray(extra, np.float32)[:: -(-len(extra) // room)])  # evenly spaced
+    return auto_threshold(np.concatenate(parts) if parts else np.empty((0, 0), np.float32))[0]
 
 
 def _graph_index(

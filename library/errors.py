@@ -27,3 +27,7 @@ class ExportError(VitdexError):
 
 class EngineError(VitdexError):
     """An embed engine cannot run as asked (Ray is not installed, the cluster is unreachable)."""
+
+
+class NoLabelsError(VitdexError):
+    """The library's model has no classification head, so its images have no labels."""

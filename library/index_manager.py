@@ -2,7 +2,7 @@
 
 `IndexManager.current(feature)` gives a searchable index that is never stale. Every index file
 has a sidecar that ties it to its database: the library id, the generation it covers with that
-generation's random token, and the count and id sum it holds. A file is used only when its
+generation's random token, and the count it holds. A file is used only when its
 library id matches and its token is the one this database logged for its generation (so a
 restored, re-created or foreign database is never answered from a file of another history); it
 then catches up on what changed since, read in one snapshot with the state it is checked
@@ -102,7 +102,7 @@ class IndexManager:
                 file=str(file.path), kind=sidecar["kind"], vectors=sidecar["ntotal"],
                 bytes=size, params=sidecar["params"],
                 up_to_date=self._matches(meta, state) and meta.get("generation") == state.generation
-                and meta.get("count") == state.count and meta.get("id_sum") == state.id_sum,
+                and meta.get("count") == state.count,
             )  # fmt: skip
             return entry
         return entry
@@ -196,7 +196,7 @@ class IndexManager:
             except IndexFileError as exc:
                 log.warning("%s; rebuilding it", exc)
                 return None
-            if current and (meta.get("count"), meta.get("id_sum")) != (state.count, state.id_sum):
+            if current and meta.get("count") != state.count:
                 log.warning("%s does not cover this database's images; rebuilding", file.path.name)
                 return None
             if self._outgrown(index, state.count):
@@ -251,12 +251,12 @@ class IndexManager:
 
         spec = self._spec()
         path = self.folder / f"{feature}.g{loaded.generation}.faiss"
-        ids = loaded.index.ids()
+        ids = loaded.index.ids()  # cached by the index; its length is what the file covers
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             loaded.index.save(path, meta={
                 "library_id": state.library_id, "generation": loaded.generation,
-                "token": loaded.token, "count": int(len(ids)), "id_sum": int(ids.sum()),
+                "token": loaded.token, "count": int(len(ids)),
                 "spec_key": spec.key, "feature": feature,
             })  # fmt: skip
         except (OSError, IndexFileError) as exc:

@@ -52,10 +52,15 @@ def ingest(
     wait: bool = False,
     prune: bool = False,
     index_features: Iterable[str] = ("cls",),
+    features: Iterable[str] | None = None,
     progress: Progress | None = None,
     executor: Executor | None = None,
 ) -> IngestReport:
-    """Bring the library in line with the files below `paths`; see the module docstring."""
+    """Bring the library in line with the files below `paths`; see the module docstring.
+
+    `features` choose what a new library stores; on an existing library each must be one it
+    stores (it goes on making all of its own).
+    """
     from vitdex.embedder import IMAGE_SUFFIXES, sniff_image_format
 
     paths = list(paths)
@@ -76,8 +81,9 @@ def ingest(
 
     planner = Planner(library.store, found(), sniff_image_format)
     index_features = list(index_features)
+    features = None if features is None else list(features)
     if dry_run:
-        for feature in index_features:
+        for feature in [*(features or ()), *index_features]:
             library.check_feature(feature)
         for item in planner.plan():
             report.count(item)
@@ -89,8 +95,13 @@ def ingest(
 
     with library.writing(wait=wait):
         new_library = library.store.spec() is None
+        if new_library and features is not None:
+            _check_index_features(index_features, features)
+        for feature in [] if new_library else features or ():
+            library.check_feature(feature)
         if model is not None or runtime is not None or new_library:
-            library.embedder(model, device=device, runtime=runtime)  # checks the spec first
+            # checks the spec first; binds a new library's, with its features
+            library.embedder(model, device=device, runtime=runtime, features=features)
         for feature in index_features:
             library.check_feature(feature)
         committer = Committer(library.store, library.require_spec(), report)
@@ -128,6 +139,18 @@ def ingest(
             paths = [image.path for image in library.store.images.under()]
             report.int8_check = check_int8(library, paths).to_dict() if paths else None
     return report
+
+
+def _check_index_features(index_features: list[str], features: list[str]) -> None:
+    """A new library is not created with features that leave out one asked to be indexed."""
+    from vitdex.embedder.errors import FeatureError
+
+    for feature in index_features:
+        if feature not in features:
+            raise FeatureError(
+                f"--feature {feature} is not among --features {','.join(features)}: add it, or"
+                " index one of those"
+            )
 
 
 def _guarded_removals(

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from vitdex.library.config import resolve_library_path, resolve_model
+from vitdex.embedder.head import TOP_LABELS
+from vitdex.library.config import resolve_database, resolve_library_path, resolve_model
 from vitdex.library.errors import LibraryError, NotFoundError, SpecMismatchError
 from vitdex.library.index_manager import IndexManager
-from vitdex.library.lock import write_lock
+from vitdex.library.lock import shared_write_lock, write_lock
 from vitdex.storage import (
     FailedFile,
     ReadOnlyLibraryError,
@@ -23,16 +24,19 @@ from vitdex.storage import (
     StoredImage,
     StoredPrediction,
     StoredSpec,
+    TagCount,
     canonical,
     open_regular,
 )
 
 if TYPE_CHECKING:
     from vitdex.embedder import Embedder, EmbeddingSpec
+    from vitdex.embedder.head import Label
     from vitdex.index.vector_index import VectorIndex
     from vitdex.library.executor import Executor
     from vitdex.library.export import ExportReport
     from vitdex.library.ingest import IngestReport, Progress
+    from vitdex.library.labels import ImageLabels
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +44,23 @@ log = logging.getLogger(__name__)
 class Library:
     """Open with `Library.open(folder)`; every other part of the API hangs off it."""
 
-    def __init__(self, folder: Path, *, create: bool = False):
+    def __init__(self, folder: Path, *, database: str | None = None, create: bool = False):
         self.folder = Path(folder)
-        self.store = Store(self.folder, create=create)
+        self.database = database  # a PostgreSQL URL, or None: the SQLite file in `folder`
+        self.store = Store(self.folder, database=database, create=create)
         self.indexes = IndexManager(self.store, self.folder / "index")
         self._embedder: Embedder | None = None
         self._writing = False
 
     @classmethod
-    def open(cls, folder: str | Path | None = None, *, create: bool = False) -> Library:
-        """Open the library at `folder` (else $VITDEX_LIBRARY, else the platform default)."""
-        return cls(resolve_library_path(folder), create=create)
+    def open(
+        cls, folder: str | Path | None = None, *, database: str | None = None, create: bool = False
+    ) -> Library:
+        """Open the library at `folder` (else $VITDEX_LIBRARY, else the platform default), its
+        metadata and vectors in the PostgreSQL database at the URL `database` (else
+        $VITDEX_DATABASE_URL, else the SQLite file in `folder`)."""
+        return cls(resolve_library_path(folder), database=resolve_database(database),
+                   create=create)  # fmt: skip
 
     def close(self) -> None:
         self.store.close()
@@ -66,6 +76,13 @@ class Library:
         return self.store.read_only
 
     @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read snapshot: every call on this library inside sees the database at one moment
+        (a gallery page and its counts agree, and share one transaction)."""
+        with self.store.snapshot():
+            yield
+
+    @contextmanager
     def writing(self, *, wait: bool = False) -> Iterator[None]:
         """The library's write lock, held by every writer (never needed to read). Reentrant
         within this Library: a writer may call another writer (probe train ingests)."""
@@ -74,7 +91,10 @@ class Library:
         if self._writing:
             yield
             return
-        with write_lock(self.folder, wait=wait):
+        # A shared database: one writer across every machine, then this folder's own lock (its
+        # index files, which a reader here may save).
+        shared = shared_write_lock(self.store, wait=wait) if self.store.shared else nullcontext()
+        with shared, write_lock(self.folder, wait=wait):
             self._writing = True
             try:
                 yield
@@ -96,20 +116,28 @@ class Library:
         return row
 
     def check_feature(self, feature: str) -> None:
-        """Refuse a feature the library does not store, saying why."""
+        """Refuse a feature the library does not store, saying why and how to get it."""
         from vitdex.embedder.errors import FeatureError
+        from vitdex.embedder.features import is_feature_name
 
         spec = self.spec
         if spec is None or feature in spec.features:
             return
+        stores = ", ".join(spec.features)
         if feature == "pooler":
             raise FeatureError(
                 f"feature 'pooler' is not available: {spec.model_id} has no trained pooler"
                 " weights (it is a classification checkpoint, so its pooler would be random);"
                 " use cls or mean"
             )
+        if not is_feature_name(feature):
+            raise FeatureError(f"unknown feature {feature!r}; this library stores {stores}")
+        wanted = ",".join((*spec.features, feature))
         raise FeatureError(
-            f"unknown feature {feature!r}; this library stores {', '.join(spec.features)}"
+            f"library {self.folder} does not store {feature} (it stores {stores}): features are"
+            " chosen when a library is created, and a library never mixes specs. To add it,"
+            f" re-embed into a new library: `vitdex ingest PATH --library NEW_FOLDER --features"
+            f" {wanted}`"
         )
 
     def bind_spec(self, spec: EmbeddingSpec) -> StoredSpec:
@@ -139,24 +167,40 @@ class Library:
         )
 
     def embedder(
-        self, model: str | None = None, *, device: str = "auto", runtime: str | None = None
+        self,
+        model: str | None = None,
+        *,
+        device: str = "auto",
+        runtime: str | None = None,
+        features: Iterable[str] | None = None,
     ) -> Embedder:
         """The embedder for this library's spec (loaded once, lazily: it imports torch).
 
         With no `model`, the library's own model at its own revision is loaded; `runtime`
         ("fp32" or "int8") defaults to the library's, and the int8 model is cached in models/.
+        `features` choose a new library's features (default: the checkpoint's usual ones); a
+        library that has a spec makes its own, and refuses any it does not store.
         """
         if self._embedder is None:
             from vitdex.embedder import Embedder, runtime_option
 
             row = self.store.spec()
+            if row is not None:
+                for feature in features or ():
+                    self.check_feature(feature)
+                features = row.data.get("features") or None
             source = resolve_model(model, row.model_id if row else None)
             own = row is not None and source == row.model_id
             revision = row.revision if own and _is_commit(row.revision) else None
             runtime = runtime or (runtime_option(row.data.get("runtime", "")) if row else "fp32")
             cache = self.folder / "models" if not self.read_only else None
             self._embedder = Embedder.load(
-                source, device=device, runtime=runtime, cache_dir=cache, revision=revision
+                source,
+                device=device,
+                runtime=runtime,
+                cache_dir=cache,
+                revision=revision,
+                features=features,
             )
             if not self.read_only:
                 self.bind_spec(self._embedder.spec)
@@ -209,6 +253,7 @@ class Library:
         wait: bool = False,
         prune: bool = False,
         index_features: Iterable[str] = ("cls",),
+        features: Iterable[str] | None = None,
         progress: Progress | None = None,
         executor: Executor | None = None,
     ) -> IngestReport:
@@ -218,15 +263,18 @@ class Library:
         reports the plan and changes nothing; `wait` waits for another writer instead of failing;
         `prune` removes gone images even when more than half of a folder's would go (else they
         are held back, see `IngestReport.held_back`); `index_features` are checked against the
-        library's features before anything is written. `executor` runs the embed stage
-        elsewhere (`RayExecutor`); default: this process's model and threads.
+        library's features before anything is written. `features` choose what a new library
+        stores (see vitdex.embedder.features); an existing one refuses any it does not store.
+        `executor` runs the embed stage elsewhere (`RayExecutor`); default: this process's model
+        and threads.
         """
         from vitdex.library.ingest import ingest
 
         return ingest(
             self, paths, model=model, device=device, runtime=runtime, batch_size=batch_size,
             workers=workers, commit_every=commit_every, dry_run=dry_run, wait=wait, prune=prune,
-            index_features=index_features, progress=progress, executor=executor,
+            index_features=index_features, features=features, progress=progress,
+            executor=executor,
         )  # fmt: skip
 
     def forget(self, paths: Iterable[str | Path], *, wait: bool = False) -> int:
@@ -238,7 +286,7 @@ class Library:
 
     def search(
         self,
-        query: str | Path,
+        query: str | Path | None,
         *,
         k: int = 10,
         feature: str = "cls",
@@ -248,17 +296,20 @@ class Library:
         model: str | None = None,
         device: str = "auto",
         runtime: str | None = None,
+        tag: str | None = None,
     ) -> dict:
         """The k images most similar to `query` by cosine, best first, the query left out.
 
-        `under` (a folder) and `allowed_ids` restrict the candidates inside FAISS, so k results
-        come back whenever k candidates exist; `min_score` drops results below a cosine.
+        `under` (a folder), `allowed_ids` and `tag` (images whose top label is it, any case)
+        restrict the candidates inside FAISS, so k results come back whenever k candidates
+        exist; `min_score` drops results below a cosine. With `tag` and no `query`: the images
+        whose top label is `tag`, most probable first (score: that probability).
         """
         from vitdex.library.search import search
 
         return search(
             self, query, k=k, feature=feature, min_score=min_score, under=under,
-            allowed_ids=allowed_ids, model=model, device=device, runtime=runtime,
+            allowed_ids=allowed_ids, model=model, device=device, runtime=runtime, tag=tag,
         )  # fmt: skip
 
     def status(self) -> dict:
@@ -301,12 +352,14 @@ class Library:
         limit: int = 100,
         probe: str | None = None,
         label: str | None = None,
+        tag: str | None = None,
     ) -> tuple[list[StoredImage], int]:
         """A page of images by path after `after` (or the last ones before `before`: paging by
-        key, both ways), and how many match."""
+        key, both ways), and how many match; `tag`: only images whose top label it is."""
         page = self.store.images.page(under=under, after=after, before=before, limit=limit,
-                                      probe=probe, label=label)  # fmt: skip
-        return page, self.store.images.count_page(under=under, probe=probe, label=label)
+                                      probe=probe, label=label, tag=tag)  # fmt: skip
+        count = self.store.images.count_page(under=under, probe=probe, label=label, tag=tag)
+        return page, count
 
     def prediction_labels(self) -> list[tuple[str, str]]:
         return self.store.probes.labels()
@@ -339,6 +392,33 @@ class Library:
 
         return export(self, out, features=tuple(features), under=under, format=format,
                       progress=progress)  # fmt: skip
+
+    # --- the checkpoint's own labels ---
+    def labels(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        top: int = TOP_LABELS,
+        model: str | None = None,
+        device: str = "auto",
+        runtime: str | None = None,
+    ) -> list[ImageLabels]:
+        """Each image's `top` labels from the model's classification head, best first, in the
+        order given: stored ones for library images, else embedded now (an unreadable file gets
+        an `error`). Raises NoLabelsError when the model has no head."""
+        from vitdex.library.labels import image_labels
+
+        return image_labels(self, paths, top=top, model=model, device=device, runtime=runtime)
+
+    def labels_of(self, image_id: int) -> tuple[Label, ...]:
+        """A library image's stored labels, best first (none without a head); loads no model."""
+        from vitdex.library.labels import labels_of
+
+        return labels_of(self, image_id)
+
+    def tags(self) -> list[TagCount]:
+        """The top labels the images have, with how many have each, most common first."""
+        return self.store.labels.tags()
 
 
 def _is_commit(revision: str) -> bool:

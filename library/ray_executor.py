@@ -2,11 +2,11 @@
 
 The driver (this process) plans and commits as with the local engine; only the jobs' paths go to
 Ray. Ray Data splits them into batches and hands each to an actor of a pool; each actor loads the
-library's own model once (the stored spec: model, revision, preprocessing, runtime), then reads,
-decodes and embeds its batches with the same code as the local engine (decode threads beside the
-forward), so the vectors match. Results stream back batch by batch as they finish, and the
-commit stage writes them as they come: a crash loses at most what was not committed, and the
-next ingest plans again and embeds only what is missing.
+library's own model once (the stored spec: model, revision, preprocessing, features, runtime),
+then reads, decodes and embeds its batches with the same code as the local engine (decode threads
+beside the forward), so the vectors and labels match. Results stream back batch by batch as they
+finish, and the commit stage writes them as they come: a crash loses at most what was not
+committed, and the next ingest plans again and embeds only what is missing.
 
 An actor whose loaded spec key differs from the library's (another model in the folder on that
 node, another version of a dependency that changes preprocessing) is refused: the run stops with
@@ -70,6 +70,7 @@ class RayExecutor:
 
     def embed(self, jobs: Iterable[EmbedJob]) -> Iterator[EmbedResult[EmbedJob]]:
         from vitdex.embedder import EmbedResult, ImageInfo
+        from vitdex.embedder.head import Label
 
         ray = _import_ray()
         spec = self.library.require_spec()
@@ -104,10 +105,12 @@ class RayExecutor:
                     if facts["error"] is not None:
                         yield EmbedResult(item=job, vectors=None, info=None, error=facts["error"])
                         continue
+                    labels = facts["labels"]
                     yield EmbedResult(
                         item=job,
                         vectors={name: array[row].copy() for name, array in vectors.items()},
                         info=ImageInfo(**facts["info"]),
+                        labels=None if labels is None else tuple(Label(*pair) for pair in labels),
                     )
         except ray.exceptions.RayError as exc:  # what was committed stays; a rerun resumes
             reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
@@ -189,6 +192,7 @@ class EmbedActor:
                 spec.model_id, device=device, revision=revision, cache_dir=cache,
                 runtime=runtime_option(spec.runtime),
                 draft=bool(spec.preprocessing.get("draft", True)),
+                features=list(spec.features) or None,
                 threads=max(1, int(cpus)) if cpus else None,
             )  # fmt: skip
         except Exception as exc:  # reported on the driver as one line, never retried forever
@@ -212,8 +216,8 @@ class EmbedActor:
             return {"index": batch["index"], "meta": np.array(['{"error": null}'] * n),
                     "refused": np.array([self.refused] * n)}  # fmt: skip
         paths = [Path(os.fsdecode(bytes(raw))) for raw in batch["path"]]
-        dim = self.embedder.dim
-        vectors = {name: np.zeros((n, dim), np.float32) for name in self.embedder.features}
+        dims = self.embedder.spec.feature_dims
+        vectors = {name: np.zeros((n, dim), np.float32) for name, dim in dims.items()}
         meta = []
         results = self.embedder.embed_files(
             range(n), lambda i: paths[i], batch_size=self.batch_size, workers=self.workers
@@ -223,7 +227,9 @@ class EmbedActor:
                 for name, vector in result.vectors.items():
                     vectors[name][result.item] = vector
             info = asdict(result.info) if result.info is not None else None
-            meta.append(json.dumps({"error": result.error, "info": info}))  # ASCII: Arrow-safe
+            labels = None if result.labels is None else [[x.label, x.score] for x in result.labels]
+            facts = {"error": result.error, "info": info, "labels": labels}
+            meta.append(json.dumps(facts))  # ASCII (escaped), so Arrow takes any name
         return {
             "index": batch["index"],
             "meta": np.array(meta),

@@ -41,7 +41,7 @@ def query_vector(
 
 def search(
     library: Library,
-    query: str | Path,
+    query: str | Path | None,
     *,
     k: int = 10,
     feature: str = "cls",
@@ -51,11 +51,19 @@ def search(
     model: str | None = None,
     device: str = "auto",
     runtime: str | None = None,
+    tag: str | None = None,
 ) -> dict:
     """See `Library.search`."""
     if k < 1:
         raise ValueError("k must be at least 1")
+    if query is None:
+        if tag is None:
+            raise ValueError("give a query image, a tag, or both")
+        return search_tag(library, tag, k=k, min_score=min_score, under=under)
     library.check_feature(feature)
+    if tag is not None:
+        tagged = library.store.labels.tagged_ids(library.require_spec(), tag)
+        allowed_ids = tagged if allowed_ids is None else np.intersect1d(allowed_ids, tagged)
     vector, self_id = query_vector(
         library, query, feature, model=model, device=device, runtime=runtime
     )
@@ -85,4 +93,27 @@ def search(
         "feature": feature,
         "in_library": self_id is not None,
         "results": results,
+        "tag": tag,
     }
+
+
+def search_tag(
+    library: Library,
+    tag: str,
+    *,
+    k: int = 10,
+    min_score: float | None = None,
+    under: str | Path | None = None,
+) -> dict:
+    """The k images whose top label is `tag` (any case), most probable first; score is that
+    label's probability. No model is loaded and no index is read."""
+    spec = library.require_spec()
+    folder = canonical(under) if under is not None else None
+    hits = library.store.labels.tagged(spec, tag, under=folder, min_score=min_score, limit=k)
+    images = library.store.images.by_ids([hit.image_id for hit in hits])
+    results = [
+        {"id": hit.image_id, "path": images[hit.image_id].path, "score": hit.score}
+        for hit in hits
+        if hit.image_id in images
+    ]
+    return {"query": None, "feature": None, "in_library": False, "results": results, "tag": tag}

@@ -1,7 +1,11 @@
 """Multinomial logistic regression in torch: full-batch L-BFGS, an L2 sweep with warm starts.
 
 The objective is the (class-weighted) mean cross-entropy plus l2/2 * ||W||^2, the bias left
-unpenalised; it is scikit-learn's LogisticRegression with C = 1 / (l2 * n). Two exact
+unpenalised. With three or more classes it is scikit-learn's (multinomial) LogisticRegression
+with C = 1 / (l2 * n). With two, scikit-learn fits one logit v where we fit two rows (w0, w1): the
+solution has w0 = -w1, v = w1 - w0, so our penalty is l2/4 * ||v||^2 and the match is
+C = 2 / (l2 * n). C is the unit swept and reported, and `l2_of` converts, so a probe's C means
+scikit-learn's C for any number of classes. Two exact
 reparametrisations condition the problem for L-BFGS: inputs are centred (the bias is free), which
 matters for embeddings that share a large common direction, and the weights are preconditioned by
 the inputs' covariance (see `_preconditioner`), which puts weights and bias on the same curvature
@@ -27,8 +31,8 @@ from vitdex.probes.split import stratified_split
 
 log = logging.getLogger(__name__)
 
-# Inverse regularisation strengths, as scikit-learn's C (l2 = 1 / (C n), so a value means the
-# same at any n); one per decade, swept strongest first so each fit warm-starts from a smoother one.
+# Inverse regularisation strengths, as scikit-learn's C (see `l2_of`; a value means the same at
+# any n); one per decade, swept strongest first so each fit warm-starts from a smoother one.
 C_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0)
 VALIDATION_FRACTION = 0.2
 MAX_ITER = 100  # scikit-learn's default for lbfgs
@@ -49,9 +53,15 @@ MAX_LINE_SEARCH = 20
 PRECONDITION_SAMPLE = 20_000  # rows used to estimate the preconditioner's covariance
 
 
+def l2_of(c: float, n: int, n_classes: int) -> float:
+    """The l2 of our objective that matches scikit-learn's C on n examples (see the module)."""
+    return (2.0 if n_classes == 2 else 1.0) / (c * n)
+
+
 @dataclass
 class Tuned:
-    """A model fitted with the C the sweep chose (at l2 = 1 / (C n)), and the sweep's record."""
+    """A model fitted with the C the sweep chose (at l2 = l2_of(C, n, classes)), and the sweep's
+    record."""
 
     model: LinearModel
     c: float
@@ -271,15 +281,17 @@ def sweep(
     balanced: bool = False,
     rng: np.random.Generator,
     grid: tuple[float, ...] = C_GRID,
+    groups: np.ndarray | None = None,
 ) -> Tuned:
-    """Choose C on a stratified validation split of (x, y); returns the chosen C's sweep model.
+    """Choose C on a stratified validation split of (x, y) (whole `groups` on one side, see
+    `stratified_split`); returns the chosen C's sweep model.
 
     The sweep runs strongest to weakest, each fit warm-started from the previous one, and stops
     once PATIENCE values in a row score below the best. Selection is by validation accuracy
     (balanced accuracy with `balanced`), ties broken by lower log loss. On large sets the sweep
     fits on a stratified sample of SWEEP_MAX_EXAMPLES of the non-validation examples.
     """
-    fit_idx, val_idx = stratified_split(y, VALIDATION_FRACTION, rng)
+    fit_idx, val_idx = stratified_split(y, VALIDATION_FRACTION, rng, groups)
     if len(fit_idx) > SWEEP_MAX_EXAMPLES:
         sample, _ = stratified_split(y[fit_idx], 1 - SWEEP_MAX_EXAMPLES / len(fit_idx), rng)
         fit_idx = fit_idx[sample]
@@ -294,7 +306,7 @@ def sweep(
     worse_in_a_row = 0
     for c in sorted(grid):
         started = time.perf_counter()
-        l2 = 1.0 / (c * len(fit_idx))
+        l2 = l2_of(c, len(fit_idx), n_classes)
         model, iterations = fit(
             fit_x,
             y[fit_idx],
@@ -324,7 +336,7 @@ def sweep(
             if worse_in_a_row >= PATIENCE:
                 break
     log.info("regularisation sweep chose C=%g by validation %s", best_c, selected_by)
-    return Tuned(best_model, best_c, 1.0 / (best_c * len(fit_idx)), rows, selected_by)
+    return Tuned(best_model, best_c, l2_of(best_c, len(fit_idx), n_classes), rows, selected_by)
 
 
 def tune(
@@ -335,16 +347,17 @@ def tune(
     balanced: bool = False,
     rng: np.random.Generator,
     grid: tuple[float, ...] = C_GRID,
+    groups: np.ndarray | None = None,
 ) -> Tuned:
     """Sweep C on a validation split of (x, y), then refit on all of (x, y) at that C."""
-    swept = sweep(x, y, n_classes, balanced=balanced, rng=rng, grid=grid)
+    swept = sweep(x, y, n_classes, balanced=balanced, rng=rng, grid=grid, groups=groups)
     return refit(x, y, n_classes, swept, balanced=balanced)
 
 
 def refit(x: np.ndarray, y: np.ndarray, n_classes: int, swept: Tuned, *, balanced: bool) -> Tuned:
     """The swept C fitted on all of (x, y), warm-started from the sweep's model at that C."""
     started = time.perf_counter()
-    l2 = 1.0 / (swept.c * len(y))
+    l2 = l2_of(swept.c, len(y), n_classes)
     final, iterations = fit(x, y, n_classes, l2, balanced=balanced, init=swept.model)
     record = {
         "iterations": iterations,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -9,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitdex.library.errors import NotFoundError
 from vitdex.probes.labels import absolute_path
 from vitdex.probes.store import SavedProbe, get_probe, store_predictions
 from vitdex.probes.vectors import stored_by_path
@@ -44,21 +44,43 @@ def predict_paths(
     device: str = "auto",
     runtime: str | None = None,
 ) -> dict:
-    """Labels of `images`: stored vectors for library images, the others embedded on the fly."""
+    """Labels of `images`: stored vectors for library images, the others embedded on the fly.
+
+    A bad input never stops the run: a file that is missing or cannot be read as an image is
+    listed under "errors" with its reason, and the others are still labelled.
+    """
     probe = get_probe(library, name)
     paths = [absolute_path(image) for image in images]
-    stored = stored_by_path(library, paths, probe.feature)
-    vectors = []
-    for path in paths:
-        if path in stored:
-            vectors.append(stored[path][1])
-        elif not Path(path).is_file():
-            raise NotFoundError(f"{path}: no such image file")
+    vectors = {
+        path: vector for path, (_, vector) in stored_by_path(library, paths, probe.feature).items()
+    }
+    reasons: dict[str, str] = {}
+    to_embed = []
+    for path in dict.fromkeys(paths):
+        if path in vectors:
+            continue
+        if os.path.lexists(path):
+            to_embed.append(path)
         else:
-            embedder = library.embedder(model, device=device, runtime=runtime)
-            vectors.append(embedder.embed_path(path)[probe.feature])
-    proba = probe.model.proba(np.stack(vectors))
-    return {"probe": probe.name, "predictions": _rows(probe, paths, proba, top)}
+            reasons[path] = "no such file"
+    if to_embed:
+        embedder = library.embedder(model, device=device, runtime=runtime)
+        for result in embedder.embed_files(to_embed, Path):
+            if result.ok:
+                vectors[result.item] = result.vectors[probe.feature]
+            else:
+                reasons[result.item] = result.error or "cannot read"
+    done = [path for path in paths if path in vectors]
+    proba = (
+        probe.model.proba(np.stack([vectors[path] for path in done]))
+        if done
+        else np.empty((0, len(probe.classes)), np.float32)
+    )
+    return {
+        "probe": probe.name,
+        "predictions": _rows(probe, done, proba, top),
+        "errors": [{"path": path, "reason": reasons[path]} for path in paths if path in reasons],
+    }
 
 
 def predict_all(

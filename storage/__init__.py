@@ -16,6 +16,7 @@ from vitdex.storage.files import (
     still_same,
 )
 from vitdex.storage.images import FailedFile, NewContent, StoredImage, chunks
+from vitdex.storage.labels import StoredLabel, TagCount
 from vitdex.storage.probes import StoredPrediction, StoredProbe
 from vitdex.storage.store import LibraryState, Store, StoredSpec
 from vitdex.storage.vectors import Changes, from_blob, to_blob
@@ -34,9 +35,11 @@ __all__ = [
     "StorageError",
     "Store",
     "StoredImage",
+    "StoredLabel",
     "StoredPrediction",
     "StoredProbe",
     "StoredSpec",
+    "TagCount",
     "canonical",
     "chunks",
     "display",

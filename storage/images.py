@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 
+from vitdex.storage.database import upsert
 from vitdex.storage.files import FileIdentity, from_db, to_db, under_range
 from vitdex.storage.models import Content, Failure, Folder, Image, Prediction, Probe, Removal
 
@@ -92,6 +93,12 @@ def _image(row) -> StoredImage:
 def _under(column, folder: str):
     low, high = under_range(folder)
     return (column >= low) & (column < high)
+
+
+def _with_tag(query, tag: str | None):
+    from vitdex.storage.labels import top_label_contents
+
+    return query if tag is None else query.where(Image.content_id.in_(top_label_contents(tag)))
 
 
 class Images:
@@ -203,10 +210,12 @@ class Images:
         limit: int = 100,
         probe: str | None = None,
         label: str | None = None,
+        tag: str | None = None,
     ) -> list[StoredImage]:
         """Up to `limit` images by path after the path `after`, or the last `limit` before the
-        path `before` (still in path order): paging by key, never OFFSET."""
-        query = _select_images()
+        path `before` (still in path order): paging by key, never OFFSET. `tag`: only images
+        whose top label (the checkpoint's own) it is."""
+        query = _with_tag(_select_images(), tag)
         if under is not None:
             query = query.where(_under(Image.path, under))
         if after is not None:
@@ -225,9 +234,14 @@ class Images:
         return rows[::-1] if order is not Image.path else rows
 
     def count_page(
-        self, *, under: str | None = None, probe: str | None = None, label: str | None = None
+        self,
+        *,
+        under: str | None = None,
+        probe: str | None = None,
+        label: str | None = None,
+        tag: str | None = None,
     ) -> int:
-        query = select(func.count()).select_from(Image)
+        query = _with_tag(select(func.count()).select_from(Image), tag)
         if under is not None:
             query = query.where(_under(Image.path, under))
         if probe is not None:
@@ -316,7 +330,7 @@ class Images:
         with self.store.transaction() as s:
             for part in chunks(ids):
                 s.execute(delete(Image).where(Image.id.in_(part)))
-                s.execute(insert(Removal).prefix_with("OR REPLACE"),
+                s.execute(upsert(self.store.engine, Removal, ["image_id"], ["generation"]),
                           [{"image_id": i, "generation": generation} for i in part])  # fmt: skip
 
     def prune(self) -> None:

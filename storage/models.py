@@ -152,3 +152,22 @@ class Prediction(Base):
 
 
 Index("ix_predictions_label", Prediction.probe_id, Prediction.label)
+
+
+class Label(Base):
+    """One of the checkpoint's own labels for a content (rank 1 is its top label), with the
+    head's softmax probability. Identical copies share their content's labels."""
+
+    __tablename__ = "labels"
+    content_id: Mapped[int] = mapped_column(
+        ForeignKey("contents.id", ondelete="CASCADE"), primary_key=True
+    )
+    spec_id: Mapped[int] = mapped_column(ForeignKey("specs.id"), primary_key=True)
+    rank: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    label: Mapped[str] = mapped_column(Text)
+    label_key: Mapped[str] = mapped_column(Text)  # label.casefold(): what a tag matches
+    score: Mapped[float]
+
+
+# Contents by label: the contents whose top label (rank 1) is a tag, best score first.
+Index("ix_labels_key", Label.spec_id, Label.rank, Label.label_key, Label.score)

@@ -3,6 +3,8 @@ statement the rest of vitdex runs (in its repositories: images, vectors, probes)
 
 Transactions are explicit and nest: inside `with store.snapshot():` every read of this thread
 sees the same snapshot; inside `with store.transaction():` every write commits together, or none.
+The database is SQLite in the library folder, or PostgreSQL at a URL (`database=`), shared by
+several machines: then `writer_lock` keeps one writer per library across all of them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import exc, func, select
+from sqlalchemy import Connection, exc, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.storage.database import WRITE, describe, open_engine
+from vitdex.storage.database import (
+    describe,
+    lock_key,
+    open_engine,
+    postgres_url,
+    read_options,
+    write_options,
+)
 from vitdex.storage.errors import ReadOnlyLibraryError, StorageError
 from vitdex.storage.models import Generation, Image, Meta, Spec
 
@@ -37,6 +46,10 @@ class StoredSpec:
     dim: int
     data: dict[str, Any]  # the EmbeddingSpec as a dict
 
+    def dim_of(self, feature: str) -> int:
+        """Length of the feature's vectors (cls-last4 is 4 x dim); `dim` in older specs."""
+        return int((self.data.get("feature_dims") or {}).get(feature, self.dim))
+
 
 @dataclass(frozen=True, slots=True)
 class LibraryState:
@@ -46,32 +59,103 @@ class LibraryState:
     generation: int
     token: str  # the random token of `generation` in this database's history ("" for 0)
     count: int  # images
-    id_sum: int  # sum of image ids: with count, a cheap fingerprint of the id set
+
+
+class WriterLock:
+    """The library's writer lock on a PostgreSQL server: a session-level advisory lock held on
+    its own connection, so the server frees it when its holder's connection dies (kill -9,
+    a machine gone)."""
+
+    def __init__(self, conn: Connection, key: int):
+        self._conn, self._key = conn, key
+
+    def release(self) -> None:
+        try:
+            self._conn.execute(select(func.pg_advisory_unlock(self._key)))
+            self._conn.commit()
+        finally:
+            self._conn.close()
 
 
 class Store:
-    """Open with `Store(folder, create=...)`; close with `close()`."""
+    """Open with `Store(folder, database=None, create=...)`; close with `close()`."""
 
-    def __init__(self, folder: Path, *, create: bool = False):
+    def __init__(self, folder: Path, *, database: str | None = None, create: bool = False):
         from vitdex.storage.export_rows import ExportRows
         from vitdex.storage.images import Images
+        from vitdex.storage.labels import Labels
         from vitdex.storage.probes import Probes
         from vitdex.storage.vectors import Vectors
 
         self.folder = Path(folder)
-        self.engine, self.read_only = open_engine(self.folder, create=create)
-        self._reads = sessionmaker(self.engine, expire_on_commit=False)
+        self.engine, self.read_only = open_engine(self.folder, database=database, create=create)
+        # Where the database is, for messages: the folder, or the URL without its password.
+        self.location = (
+            postgres_url(database).render_as_string(hide_password=True)
+            if database
+            else str(self.folder)
+        )
+        self._reads = sessionmaker(
+            self.engine.execution_options(**read_options(self.engine)), expire_on_commit=False
+        )
         self._writes = sessionmaker(
-            self.engine.execution_options(**{WRITE: True}), expire_on_commit=False
+            self.engine.execution_options(**write_options(self.engine)), expire_on_commit=False
         )
         self._local = threading.local()
         self.images = Images(self)
         self.vectors = Vectors(self)
         self.probes = Probes(self)
         self.export_rows = ExportRows(self)
+        self.labels = Labels(self)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @property
+    def shared(self) -> bool:
+        """Whether the database is a server several machines may use (PostgreSQL)."""
+        return self.engine.dialect.name == "postgresql"
+
+    # --- the writer lock across machines (PostgreSQL) -------------------------------------------
+    def writer_lock(self, *, wait: bool) -> WriterLock | None:
+        """The library's writer lock on the server (shared databases only), or None when
+        another process holds it and `wait` is False."""
+        key = self._writer_key()
+        conn = self.engine.connect()
+        try:
+            with self._guard():
+                if wait:
+                    conn.execute(select(func.pg_advisory_lock(key)))
+                    held = True
+                else:
+                    held = conn.execute(select(func.pg_try_advisory_lock(key))).scalar_one()
+                conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        if not held:
+            conn.close()
+            return None
+        return WriterLock(conn, key)
+
+    def writer_holder(self) -> str:
+        """Who holds the writer lock, as its connection named itself ("vitdex HOST pid N")."""
+        key = self._writer_key() & 0xFFFF_FFFF_FFFF_FFFF
+        query = text(
+            "SELECT a.application_name, a.client_addr FROM pg_locks l"
+            " JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            " AND l.classid = :high AND l.objid = :low AND l.database ="
+            " (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        with self.snapshot() as s:
+            row = s.execute(query, {"high": key >> 32, "low": key & 0xFFFF_FFFF}).first()
+        if row is None:
+            return "another process"
+        return row.application_name or f"a process on {row.client_addr}"
+
+    def _writer_key(self) -> int:
+        return lock_key("writer", self.library_id)
 
     # --- transactions ---------------------------------------------------------------------------
     @contextmanager
@@ -99,7 +183,9 @@ class Store:
             yield current
             return
         if self.read_only:
-            raise ReadOnlyLibraryError(f"library {self.folder} is read-only: it cannot be changed")
+            raise ReadOnlyLibraryError(
+                f"library {self.location} is read-only: it cannot be changed"
+            )
         with self._guard(), self._writes.begin() as session:
             self._local.session, self._local.writing = session, True
             try:
@@ -112,10 +198,8 @@ class Store:
         """Database errors a user can act on (full disk, corruption, locks) as one clear line."""
         try:
             yield
-        except exc.OperationalError as error:
-            raise StorageError(f"{self.folder}: {describe(error)}") from None
-        except exc.DatabaseError as error:
-            raise StorageError(f"{self.folder}: {describe(error)}") from None
+        except exc.DBAPIError as error:
+            raise StorageError(f"{self.location}: {describe(error)}") from None
 
     # --- meta, library id, generation -----------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -155,12 +239,8 @@ class Store:
     def state(self) -> LibraryState:
         with self.snapshot() as s:
             generation = self.generation()
-            count, id_sum = s.execute(
-                select(func.count(), func.coalesce(func.sum(Image.id), 0))
-            ).one()
-            return LibraryState(
-                self.library_id, generation, self.token_of(generation) or "", count, id_sum
-            )
+            count = s.scalar(select(func.count()).select_from(Image))  # an index-only count
+            return LibraryState(self.library_id, generation, self.token_of(generation) or "", count)
 
     # --- the spec -------------------------------------------------------------------------------
     def spec(self) -> StoredSpec | None:

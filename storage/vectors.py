@@ -70,6 +70,7 @@ class Vectors:
         from vitdex.storage.images import _under
 
         where = [Vector.spec_id == spec.id, Vector.feature == feature]
+        dim = spec.dim_of(feature)
         if after_generation is not None:
             where.append(Image.generation > after_generation)
         if under is not None:
@@ -80,7 +81,7 @@ class Vectors:
                 .join(Vector, Vector.content_id == Image.content_id).where(*where)
             )  # fmt: skip
             ids = np.empty(n, np.int64)
-            out = np.empty((n, spec.dim), np.float32)
+            out = np.empty((n, dim), np.float32)
             filled, last = 0, 0
             while filled < n:
                 rows = s.execute(
@@ -93,7 +94,7 @@ class Vectors:
                 end = filled + len(rows)
                 ids[filled:end] = [r[0] for r in rows]
                 out[filled:end] = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(
-                    len(rows), spec.dim
+                    len(rows), dim
                 )
                 filled, last = end, rows[-1][0]
         return ids[:filled], out[:filled]
@@ -111,6 +112,7 @@ class Vectors:
         self, spec: StoredSpec, feature: str, ids: Sequence[int]
     ) -> dict[int, np.ndarray]:
         found: dict[int, np.ndarray] = {}
+        dim = spec.dim_of(feature)
         with self.store.snapshot() as s:
             for part in chunks(int(i) for i in ids):
                 rows = s.execute(
@@ -118,7 +120,7 @@ class Vectors:
                     .join(Vector, Vector.content_id == Image.content_id)
                     .where(Image.id.in_(part), Vector.spec_id == spec.id, Vector.feature == feature)
                 )  # fmt: skip
-                found.update((r[0], from_blob(r[1], spec.dim)) for r in rows)
+                found.update((r[0], from_blob(r[1], dim)) for r in rows)
         return found
 
     def by_paths(
@@ -128,6 +130,7 @@ class Vectors:
         from vitdex.storage.files import from_db
 
         found: dict[str, tuple[int, np.ndarray]] = {}
+        dim = spec.dim_of(feature)
         with self.store.snapshot() as s:
             for part in chunks(paths):
                 rows = s.execute(
@@ -136,7 +139,7 @@ class Vectors:
                     .where(Image.path.in_([to_db(p) for p in part]), Vector.spec_id == spec.id,
                            Vector.feature == feature)
                 )  # fmt: skip
-                found.update((from_db(r[0]), (r[1], from_blob(r[2], spec.dim))) for r in rows)
+                found.update((from_db(r[0]), (r[1], from_blob(r[2], dim))) for r in rows)
         return found
 
     def content_ids(self, spec: StoredSpec, feature: str) -> np.ndarray:
@@ -150,7 +153,8 @@ class Vectors:
 
     def of_contents(self, spec: StoredSpec, feature: str, content_ids: np.ndarray) -> np.ndarray:
         """Vectors of these contents, in the given order; a content without one is an error."""
-        out = np.empty((len(content_ids), spec.dim), np.float32)
+        dim = spec.dim_of(feature)
+        out = np.empty((len(content_ids), dim), np.float32)
         position = {int(c): i for i, c in enumerate(content_ids)}
         found = 0
         with self.store.snapshot() as s:
@@ -163,7 +167,7 @@ class Vectors:
                 ).all()  # fmt: skip
                 out[[position[r[0]] for r in rows]] = np.frombuffer(
                     b"".join(r[1] for r in rows), "<f4"
-                ).reshape(len(rows), spec.dim)
+                ).reshape(len(rows), dim)
                 found += len(rows)
         if found != len(position):
             raise StorageError(

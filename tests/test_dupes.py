@@ -17,6 +17,8 @@ from vitdex.cli.main import main
 from vitdex.library import Library
 from vitdex.library.dupes import MIN_CALIBRATION, RELATIVE_RADIUS, auto_threshold, find_duplicates
 
+pytestmark = pytest.mark.usefixtures("module_database")  # each test on SQLite and on PostgreSQL
+
 DISTINCT = range(12)  # seeds 2 and 10 look alike to the tiny model: cls cosine ~0.995
 SIZE = (320, 240)
 
@@ -29,7 +31,7 @@ def rotated_copy(src: Path, dst: Path, quality: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, tiny_model) -> Path:
+def library(tmp_path_factory, tiny_model, module_database) -> Path:
     root = tmp_path_factory.mktemp("dupes")
     photos, others = root / "photos", root / "photos" / "others"
     for seed in DISTINCT:
@@ -172,14 +174,14 @@ def test_cli_under_and_table(library):
     assert run("dupes", "--library", library, "--under", photos / "others") == "no duplicates\n"
 
 
-def test_empty_library(tmp_path):
+def test_empty_library(tmp_path, own_database):
     Library.open(tmp_path / "lib", create=True).close()
     data = json.loads(run("dupes", "--library", tmp_path / "lib", "--json"))
     assert data["groups"] == []
     assert run("dupes", "--library", tmp_path / "lib") == "no duplicates\n"
 
 
-def test_small_library_of_distinct_photos_has_no_near_group(tiny_model, tmp_path):
+def test_small_library_of_distinct_photos_has_no_near_group(tiny_model, tmp_path, own_database):
     """Seven photos and one re-encoded copy: the threshold comes from the library's own scores."""
     photos = tmp_path / "few"
     for seed in range(6):

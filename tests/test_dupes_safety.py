@@ -19,6 +19,8 @@ from tests.photos import make_photo
 from vitdex.cli.main import main
 from vitdex.library import Library
 
+pytestmark = pytest.mark.usefixtures("database")  # each test on SQLite and on PostgreSQL
+
 SIZE = (160, 120)
 OLD, NEW = 10**17, 10**18  # mtimes: the oldest copy is the keeper (same pixels, same size)
 

@@ -19,6 +19,8 @@ from vitdex.library import Library
 from vitdex.library.errors import LibraryBusyError
 from vitdex.library.lock import write_lock
 
+pytestmark = pytest.mark.usefixtures("database")  # each test on SQLite and on PostgreSQL
+
 
 def run(*args: str, expect: int = 0) -> dict | str:
     result = CliRunner().invoke(main, [str(a) for a in args])
@@ -149,15 +151,34 @@ def test_identical_copies_are_two_images_computed_once(tiny_model, photo_dir, li
     assert len(index_ids(lib)) == 6
 
 
-def test_dry_run_changes_nothing(tiny_model, photo_dir, lib):
+def test_dry_run_changes_nothing(tiny_model, photo_dir, lib, database):
     ingest(lib, photo_dir, model=tiny_model)
     make_photo(photo_dir / "new.jpg", seed=42)
     (photo_dir / "photo0.jpg").unlink()
-    db = (lib / "vitdex.sqlite").read_bytes()
+    before = _database_contents(lib, database)
     report = ingest(lib, photo_dir, extra=("--dry-run",))
     assert (report["added"], report["removed"], report["dry_run"]) == (1, 1, True)
     assert len(image_rows(lib)) == 4
-    assert (lib / "vitdex.sqlite").read_bytes() == db
+    assert _database_contents(lib, database) == before
+
+
+def _database_contents(lib: Path, database: str | None) -> object:
+    """The SQLite file's bytes, or every row of every table of the PostgreSQL database."""
+    if database is None:
+        return (lib / "vitdex.sqlite").read_bytes()
+    from sqlalchemy import MetaData, create_engine, select
+
+    engine = create_engine(database)
+    try:
+        metadata = MetaData()
+        metadata.reflect(engine)
+        with engine.connect() as conn:
+            return {
+                name: sorted(map(tuple, conn.execute(select(table))), key=repr)
+                for name, table in metadata.tables.items()
+            }
+    finally:
+        engine.dispose()
 
 
 def _exif(make: str, model: str, taken: str) -> bytes:

@@ -101,14 +101,14 @@ def test_broken_int8_fails_the_bar_and_suggests_fp32(library, int8_library, monk
     _, paths = int8_library
     rng = np.random.default_rng(0)
 
-    def random_vectors(self, pixel_values):
-        n = len(pixel_values)
+    def random_vectors(self, hidden, pooler):
+        n = len(hidden)
         out = {
             name: rng.standard_normal((n, self.dim)).astype(np.float32) for name in self.features
         }
         return {name: v / np.linalg.norm(v, axis=1, keepdims=True) for name, v in out.items()}
 
-    monkeypatch.setattr(Embedder, "_embed_int8", random_vectors)
+    monkeypatch.setattr(Embedder, "_int8_features", random_vectors)
     check = check_int8(library, paths)
     assert not check.passes
     assert all(f.mean_cosine < 0.5 and not f.passes for f in check.features)

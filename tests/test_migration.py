@@ -11,17 +11,26 @@ from sqlalchemy import create_engine
 
 from tests.test_ingest import image_rows, ingest, run
 from vitdex.embedder import EmbeddingSpec
-from vitdex.storage.database import MIGRATIONS
+from vitdex.storage.database import SCHEMA_VERSION, WRITE, upgrade
+
+
+def pre_alembic_schema(path: Path, version: int) -> None:
+    """A SQLite database as vitdex wrote schema `version` before Alembic: the tables, and the
+    version in PRAGMA user_version only."""
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        upgrade(conn.execution_options(**{WRITE: True}), f"{version:04d}")
+        conn.exec_driver_sql("DROP TABLE alembic_version")
+        conn.exec_driver_sql(f"PRAGMA user_version = {version}")
+        conn.commit()
+    engine.dispose()
 
 
 def downgrade_to_v1(new: Path, old: Path) -> None:
     """The v2 library `new` rewritten as vitdex 0.1 wrote it: schema 1, text paths, old spec."""
     old.mkdir()
-    engine = create_engine(f"sqlite:///{old / 'vitdex.sqlite'}")
-    with engine.begin() as conn:
-        MIGRATIONS[0](conn)
-        conn.exec_driver_sql("PRAGMA user_version = 1")
-    engine.dispose()
+    pre_alembic_schema(old / "vitdex.sqlite", 1)
     with sqlite3.connect(old / "vitdex.sqlite") as conn:
         conn.execute("ATTACH DATABASE ? AS new", (str(new / "vitdex.sqlite"),))
         (spec_json,) = conn.execute("SELECT spec_json FROM new.specs").fetchone()
@@ -54,6 +63,52 @@ def test_a_version_1_library_migrates_and_keeps_everything(tiny_model, photo_dir
     assert (report["unchanged"], report["added"], report["removed"]) == (4, 0, 0)
     assert image_rows(old) == before
     status = run("status", "--library", old, "--json")
-    assert status["schema_version"] == len(MIGRATIONS) and status["spec"]["weights"]
+    assert status["schema_version"] == SCHEMA_VERSION and status["spec"]["weights"]
     result = run("search", photo_dir / "photo0.jpg", "--library", old, "--json")
     assert len(result["results"]) == 3
+    assert schema_diff(old / "vitdex.sqlite") == []  # migrated: exactly the models' schema
+
+
+def schema_diff(path: Path) -> list:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from vitdex.storage.models import Base
+
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    return diff
+
+
+def test_a_version_2_library_from_before_alembic_is_stamped_and_keeps_everything(
+    tiny_model, photo_dir, tmp_path
+):
+    new, old = tmp_path / "new", tmp_path / "old"
+    ingest(new, photo_dir, model=tiny_model)
+    old.mkdir()
+    pre_alembic_schema(old / "vitdex.sqlite", 2)
+    with sqlite3.connect(old / "vitdex.sqlite") as conn:
+        conn.execute("ATTACH DATABASE ? AS new", (str(new / "vitdex.sqlite"),))
+        for name in ("meta", "specs", "contents", "vectors", "folders", "images", "generations"):
+            conn.execute(f"INSERT OR REPLACE INTO {name} SELECT * FROM new.{name}")
+        conn.commit()
+    before = image_rows(new)
+    report = ingest(old, photo_dir, model=tiny_model)
+    assert (report["unchanged"], report["added"], report["removed"]) == (4, 0, 0)
+    assert image_rows(old) == before
+    with sqlite3.connect(old / "vitdex.sqlite") as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (f"{SCHEMA_VERSION:04d}",)
+        ]
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_newer_schema_is_refused_with_one_line(tiny_model, photo_dir, tmp_path):
+    lib = tmp_path / "lib"
+    ingest(lib, photo_dir, model=tiny_model)
+    with sqlite3.connect(lib / "vitdex.sqlite") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    output = run("status", "--library", lib, expect=1)
+    assert "schema 9999 is newer than this vitdex knows" in output

@@ -61,6 +61,79 @@ def test_too_few_examples_names_the_label():
     check_splittable(y[y != 1], ["cat", "dog", "fox"], 0, "training")
 
 
+def straddling(groups: np.ndarray, *sides: np.ndarray) -> set[int]:
+    """Groups with examples on more than one of `sides`."""
+    seen: dict[int, int] = {}
+    bad = set()
+    for number, side in enumerate(sides):
+        for group in set(groups[side].tolist()):
+            if seen.setdefault(group, number) != number:
+                bad.add(group)
+    return bad
+
+
+def test_grouped_splits_never_split_a_group():
+    """Copies (groups of 2 to 4) fall on one side of the split and of every fold."""
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(1, 5, 60)
+    groups = np.repeat(np.arange(60), sizes)
+    y = np.repeat(np.arange(60) % 3, sizes)
+    for seed in range(5):
+        kept, held = stratified_split(y, 0.2, np.random.default_rng(seed), groups)
+        assert np.array_equal(np.sort(np.concatenate([kept, held])), np.arange(len(y)))
+        assert not straddling(groups, kept, held)
+        assert set(y[held]) == set(y[kept]) == {0, 1, 2}
+        assert 0.1 < len(held) / len(y) < 0.3
+        folds = stratified_folds(y, 4, np.random.default_rng(seed), groups)
+        assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(len(y)))
+        assert not straddling(groups, *folds)
+    # a label whose examples are all copies of one picture cannot be split
+    with pytest.raises(LabelError, match=r"distinct images for label 'b' \(1\)"):
+        check_splittable(np.array([0, 0, 1, 1, 1]), ["a", "b"], 2, "x", np.array([0, 1, 2, 2, 2]))
+
+
+def test_content_groups_join_identical_files_and_near_duplicates():
+    from vitdex.probes.groups import content_groups
+
+    x, _ = gaussian_classes(40, 16, 2, spread=2.0, seed=9)
+    rng = np.random.default_rng(0)
+    edited = x[:5] + rng.normal(scale=1e-3, size=(5, 16)).astype(np.float32)
+    edited /= np.linalg.norm(edited, axis=1, keepdims=True)
+    vectors = np.concatenate([x, x[5:10], edited])  # 5 identical copies, 5 near duplicates
+    sha = [f"c{i}" for i in range(40)] + [f"c{i}" for i in range(5, 10)]
+    sha += [f"edit{i}" for i in range(5)]
+    grouped = content_groups(sha, vectors, threshold=0.999)
+    g = grouped.group
+    assert all(g[40 + i] == g[5 + i] for i in range(5))  # identical contents
+    assert all(g[45 + i] == g[i] for i in range(5))  # near duplicates
+    assert len(set(g[:40].tolist())) == 40  # distinct pictures stay apart
+    assert (grouped.identical, grouped.near, grouped.count) == (10, 10, 40)
+
+
+def test_validation_scores_the_chosen_c_refitted_on_the_rest():
+    """The reported figure is what the saved probe's procedure scores on held-out data: the
+    chosen C refitted on all the non-held-out labels (recomputed here with scikit-learn)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from vitdex.probes.train import EVALUATION_FRACTION, HOLDOUT_METHOD, fit_and_score
+
+    x, y = gaussian_classes(500, 32, 4, spread=0.35, seed=8)
+    classes = ["a", "b", "c", "d"]
+    fitted = fit_and_score(x, y, classes, balanced=False, rng=np.random.default_rng(0))
+    assert fitted.validation["method"] == HOLDOUT_METHOD
+    assert "refitted at that C on all the rest" in fitted.validation["measured_by"]
+    rest, held = stratified_split(y, EVALUATION_FRACTION, np.random.default_rng(0))
+    assert np.array_equal(held, fitted.held_out)
+    reference = LogisticRegression(C=fitted.final.c, tol=1e-10, max_iter=10_000)
+    reference.fit(x[rest], y[rest])
+    assert fitted.validation["n"] == len(held)
+    assert fitted.validation["accuracy"] == reference.score(x[held], y[held])
+    assert fitted.validation["log_loss"] == pytest.approx(
+        -np.mean(np.log(reference.predict_proba(x[held])[np.arange(len(held)), y[held]])),
+        rel=1e-2,
+    )
+
+
 # --- metrics --------------------------------------------------------------------------------------
 def test_metrics_match_scikit_learn():
     from sklearn import metrics
@@ -184,6 +257,27 @@ def test_binary_probe():
     tuned = tune(x, y, 2, rng=np.random.default_rng(0))
     assert tuned.model.weights.shape == (2, 32)
     assert np.mean(tuned.model.proba(x_test).argmax(axis=1) == y_test) > 0.8
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_binary_probe_matches_scikit_learn_at_its_c(balanced):
+    """Two classes: the tuned C is scikit-learn's C (its single-logit model): same predictions,
+    the same probabilities and the same coefficients (ours: the difference of the two rows)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = gaussian_classes(300, 24, 2, spread=0.4, seed=7, weights=[0.7, 0.3])
+    tuned = tune(x, y, 2, balanced=balanced, rng=np.random.default_rng(0))
+    ours, _ = fit(x, y, 2, tuned.l2, balanced=balanced, loss_tolerance=1e-10)
+    reference = LogisticRegression(
+        C=tuned.c, tol=1e-10, max_iter=10_000, class_weight="balanced" if balanced else None
+    ).fit(x, y)
+    assert np.array_equal(ours.proba(x).argmax(axis=1), reference.predict(x))
+    assert np.abs(ours.proba(x) - reference.predict_proba(x)).max() < 2e-3
+    coef = ours.weights[1] - ours.weights[0]
+    assert np.abs(coef - reference.coef_[0]).max() < 2e-2 * np.abs(reference.coef_).max()
+    assert ours.bias[1] - ours.bias[0] == pytest.approx(reference.intercept_[0], abs=2e-2)
+    # the saved probe (the refit) is that very model, within the refit's own tolerance
+    assert np.abs(tuned.model.proba(x) - reference.predict_proba(x)).max() < 1e-2
 
 
 # --- labels ---------------------------------------------------------------------------------------

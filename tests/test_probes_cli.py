@@ -15,17 +15,21 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.photos import photo_array
 from vitdex.cli.main import main
 
-COLOURS = {"red": (200, 40, 30), "green": (30, 180, 50), "blue": (40, 60, 210)}
+pytestmark = pytest.mark.usefixtures("module_database")  # on SQLite and on PostgreSQL
+
+COLOURS = {"red": 0, "green": 1, "blue": 2}  # label -> the RGB channel its photos lean to
 PER_CLASS = 8
+SHIFT = 70  # enough for the tiny random ViT to tell the classes apart, little enough that it
+# still sees the photos of one class as distinct pictures (not near duplicates)
 
 
-def colour_photo(path: Path, rgb: tuple[int, int, int], seed: int) -> Path:
-    """A noisy image in one colour family, so even a random tiny ViT tells the classes apart."""
-    rng = np.random.default_rng(seed)
-    base = np.array(rgb, np.int16) + rng.integers(-30, 31, 3)
-    pixels = base + rng.integers(-25, 26, (48, 48, 3))
+def colour_photo(path: Path, channel: int, seed: int) -> Path:
+    """A synthetic photo (shapes, gradients, noise) tinted towards one channel."""
+    pixels = photo_array((64, 64), seed).astype(np.int16)
+    pixels[..., channel] += SHIFT
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
     return path
@@ -39,7 +43,7 @@ def run(*args: object, ok: bool = True):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model) -> dict:
+def trained(tmp_path_factory, tiny_model, module_database) -> dict:
     """A library with a probe `colours` trained on class folders (plus a bad and a missing row)."""
     root = tmp_path_factory.mktemp("probe")
     classes = root / "classes"
@@ -279,3 +283,193 @@ def test_stored_predictions_skip_images_removed_meanwhile(trained):
         assert stored == len(ids) - 1 == 3 * PER_CLASS
         assert get_probe(library, "colours").predictions == 3 * PER_CLASS
         predict_all(library, "colours")  # the real labels back, for the other tests
+
+
+def edited_copy(source: Path, target: Path) -> Path:
+    """A near duplicate: the same photo with a small corner patch inverted."""
+    pixels = np.array(Image.open(source))
+    pixels[:4, :4] = 255 - pixels[:4, :4]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def with_copies(tmp_path_factory, tiny_model) -> dict:
+    """Class folders holding identical copies and edited copies of some photos, and a --test CSV
+    with a copy and an edited copy of training photos besides new ones."""
+    root = tmp_path_factory.mktemp("copies")
+    classes = root / "classes"
+    originals: dict[str, list[Path]] = {}
+    for index, (label, channel) in enumerate(COLOURS.items()):
+        originals[label] = [
+            colour_photo(classes / label / f"{label}{i}.png", channel, seed=100 * index + i)
+            for i in range(6)
+        ]
+    copies = {}  # copy -> original
+    for label in COLOURS:
+        first, second = originals[label][:2]
+        same = classes / label / f"copy of {first.name}"
+        same.write_bytes(first.read_bytes())
+        copies[same] = first
+        copies[edited_copy(second, classes / label / f"edited {second.name}")] = second
+    test_dir = root / "test"
+    test_dir.mkdir()
+    test_copy = test_dir / "blue-copy.png"
+    test_copy.write_bytes(originals["blue"][3].read_bytes())
+    test_edit = edited_copy(originals["green"][3], test_dir / "green-edit.png")
+    fresh = {
+        label: colour_photo(test_dir / f"new-{label}.png", channel, seed=777 + index)
+        for index, (label, channel) in enumerate(COLOURS.items())
+    }
+    (root / "test.csv").write_text(
+        "path,label\n"
+        + f"{test_copy},blue\n{test_edit},green\n"
+        + "".join(f"{path},{label}\n" for label, path in fresh.items())
+    )
+    return {
+        "root": root,
+        "classes": classes,
+        "copies": copies,
+        "originals": originals,
+        "test_csv": root / "test.csv",
+        "test_copy": test_copy,
+        "test_edit": test_edit,
+        "common": ["--model", tiny_model, "--device", "cpu"],
+    }
+
+
+def test_copies_and_near_duplicates_never_straddle_a_split(with_copies, own_database):
+    """Identical files and edited copies are grouped with their original, and no group has
+    members on both sides of the validation split (nor of the sweep's inner split)."""
+    from vitdex.library import Library
+    from vitdex.probes.labels import read_folder_labels
+    from vitdex.probes.split import stratified_split
+    from vitdex.probes.train import SEED, _groups, fit_and_score
+    from vitdex.probes.vectors import labelled_vectors
+
+    library_dir = with_copies["root"] / "library"
+    result = run(
+        "probe", "train", "colours", "--folders", with_copies["classes"], "--json",
+        "--library", library_dir, *with_copies["common"],
+    )  # fmt: skip
+    grouping = json.loads(result.stdout)["metrics"]["grouping"]
+    assert grouping["identical"] == 6 and grouping["near"] >= 6
+    with Library.open(library_dir) as library:
+        data = labelled_vectors(library, read_folder_labels(with_copies["classes"]), "cls")
+        groups = _groups(library, "cls", data).group
+    assert grouping["groups"] == len(set(groups.tolist()))
+    group_of = dict(zip(data.paths, groups.tolist(), strict=True))
+    for copy, original in with_copies["copies"].items():
+        assert group_of[str(copy)] == group_of[str(original)], copy
+    classes = sorted(COLOURS)
+    y = np.array([classes.index(label) for label in data.labels])
+    for seed in (SEED, 1, 2, 3):
+        fitted = fit_and_score(
+            data.vectors, y, classes, balanced=False, rng=np.random.default_rng(seed),
+            groups=groups,
+        )  # fmt: skip
+        held = fitted.held_out
+        rest = np.setdiff1d(np.arange(len(y)), held)
+        assert not set(groups[held].tolist()) & set(groups[rest].tolist())
+        inner_fit, inner_val = stratified_split(
+            y[rest], 0.2, np.random.default_rng(seed), groups[rest]
+        )
+        assert not set(groups[rest][inner_fit].tolist()) & set(groups[rest][inner_val].tolist())
+
+
+def test_test_set_skips_copies_and_near_duplicates_of_training_images(
+    with_copies, caplog, own_database
+):
+    result = run(
+        "probe", "train", "scored", "--folders", with_copies["classes"], "--test",
+        with_copies["test_csv"], "--json", "--library", with_copies["root"] / "library-test",
+        *with_copies["common"],
+    )  # fmt: skip
+    data = json.loads(result.stdout)
+    skipped = {row["path"]: row["reason"] for row in data["skipped"] if row.get("set") == "test"}
+    blue3 = with_copies["originals"]["blue"][3]
+    green3 = with_copies["originals"]["green"][3]
+    assert skipped == {
+        str(with_copies["test_copy"]): f"identical to training image {blue3}",
+        str(with_copies["test_edit"]): f"near duplicate of training image {green3}",
+    }
+    assert data["metrics"]["test"]["n"] == 3  # only the new photos are scored
+    assert f"near duplicate of training image {green3}" in caplog.text
+
+
+def test_no_ingest_keeps_labelled_images_out_of_the_library(with_copies, own_database):
+    from vitdex.library import Library
+
+    kept_out = with_copies["root"] / "kept-out"
+    classes = with_copies["classes"]
+    common = ["--library", kept_out, *with_copies["common"]]
+    result = run("probe", "train", "apart", "--folders", classes, "--no-ingest", *common)
+    assert "were added to the library" not in result.stdout
+    assert "24 labelled images were embedded for this probe only" in result.stdout
+    with Library.open(kept_out) as library:
+        assert len(library.store.images.ids()) == 0
+        assert library.store.probes.names() == ["apart"]
+    # the probe works on the very same vectors: its predictions match an ingested probe's
+    predicted = json.loads(
+        run("probe", "predict", "apart", *with_copies["originals"]["red"][:2], "--json",
+            *common).stdout
+    )["predictions"]  # fmt: skip
+    assert [p["label"] for p in predicted] == ["red", "red"]
+    ingested = with_copies["root"] / "ingested"
+    result = run("probe", "train", "in", "--folders", classes, "--library", ingested,
+                 *with_copies["common"])  # fmt: skip
+    assert (
+        "24 labelled images were added to the library (use --no-ingest to keep them out)"
+        in result.stdout.splitlines()
+    )
+    with Library.open(ingested) as library:
+        assert len(library.store.images.ids()) == 24
+
+
+def test_predict_reports_bad_files_and_labels_the_others(trained, tmp_path):
+    good = trained["queries"]["red"]
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    gone = tmp_path / "gone.jpg"
+    common = trained["common"]
+    result = run("probe", "predict", "colours", good, empty, gone, *common)
+    assert result.stdout.splitlines()[0].startswith(f"{good}  ")
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr.splitlines() == [f"{empty}: empty file", f"{gone}: no such file"]
+    data = json.loads(
+        run("probe", "predict", "colours", empty, good, gone, "--json", *common).stdout
+    )
+    assert [p["path"] for p in data["predictions"]] == [str(good)]
+    assert data["errors"] == [
+        {"path": str(empty), "reason": "empty file"},
+        {"path": str(gone), "reason": "no such file"},
+    ]
+    none = run("probe", "predict", "colours", empty, gone, *common, ok=False)
+    assert none.exit_code == 1 and none.stdout == ""
+    assert none.stderr.splitlines() == [f"{empty}: empty file", f"{gone}: no such file"]
+    assert "Traceback" not in none.output
+
+
+def test_probe_list_columns_line_up(trained):
+    from vitdex.library import Library
+
+    with Library.open(trained["library"]) as library:
+        spec = library.require_spec()
+        probe = library.store.probes.get("colours")
+        for name in ("x", "a-much-longer-probe-name"):
+            library.store.probes.save(
+                spec, name, feature="mean", classes=probe.classes[:2], weights=probe.weights[:2],
+                bias=probe.bias[:2], metrics={**probe.metrics, "val_accuracy": 0.5},
+            )  # fmt: skip
+    try:
+        lines = run("probe", "list", "--library", trained["library"]).stdout.splitlines()
+        header, *rows = lines
+        assert len(rows) == 3
+        for column in ("labels", "feature", "val accuracy", "stored predictions", "created"):
+            start = header.index(column)
+            for row in rows:  # every column's cell starts where its heading does
+                assert row[start - 2 : start] == "  " and row[start] != " ", (column, lines)
+    finally:
+        for name in ("x", "a-much-longer-probe-name"):
+            run("probe", "delete", name, "--library", trained["library"])

@@ -74,7 +74,9 @@ def assert_whole(folder: Path, expected: int) -> None:
             assert sorted(VectorIndex.load(file.path).ids().tolist()) == db_ids
 
 
-def test_ray_engine_stores_the_same_images_and_vectors_as_local(local_ray, tiny_model, tmp_path):
+def test_ray_engine_stores_the_same_images_vectors_and_labels_as_local(
+    local_ray, tiny_model, tmp_path
+):
     folder = photos(tmp_path / "photos", 5)
     make_photo(Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.jpg")), size=(90, 120), seed=9)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -82,12 +84,13 @@ def test_ray_engine_stores_the_same_images_and_vectors_as_local(local_ray, tiny_
     for engine in ("local", "ray"):
         extra = ("--ray-actors", "2") if engine == "ray" else ()
         out = run("ingest", folder, "--library", tmp_path / engine, "--model", tiny_model,
-                  "--engine", engine, *extra, "--json", expect=0)  # fmt: skip
+                  "--features", "cls,mean,cls-last2", "--engine", engine, *extra, "--json",
+                  expect=0)  # fmt: skip
         reports[engine] = json.loads(out[out.index("{") :])
     assert reports["ray"]["added"] == reports["local"]["added"] == 6
     assert reports["ray"]["failed"] == reports["local"]["failed"]
     assert [f["path"] for f in reports["ray"]["failed"]] == [str(folder / "broken.jpg")]
-    for feature in ("cls", "mean"):
+    for feature in ("cls", "mean", "cls-last2"):  # the library's own features, not defaults
         local = vectors_by_path(tmp_path / "local", feature)
         remote = vectors_by_path(tmp_path / "ray", feature)
         assert sorted(remote) == sorted(local) and len(local) == 6
@@ -97,6 +100,12 @@ def test_ray_engine_stores_the_same_images_and_vectors_as_local(local_ray, tiny_
         facts = [{(i.path, i.width, i.height, i.format) for i in lib.store.images.under()}
                  for lib in (a, b)]  # fmt: skip
         assert facts[0] == facts[1]
+        labels = [
+            {i.path: [(x.label, round(x.score, 4)) for x in lib.labels_of(i.id)]
+             for i in lib.store.images.under()}
+            for lib in (a, b)
+        ]  # fmt: skip
+        assert labels[0] == labels[1] and all(len(top) == 3 for top in labels[0].values())
     assert_whole(tmp_path / "ray", 6)
 
 

@@ -12,6 +12,8 @@ from tests.photos import make_photo
 from tests.test_ingest import image_rows, index_ids, ingest, run
 from vitdex.library import Library
 
+pytestmark = pytest.mark.usefixtures("database")  # each test on SQLite and on PostgreSQL
+
 
 @pytest.fixture
 def library(tiny_model, tmp_path):
@@ -106,13 +108,14 @@ def test_min_score_and_table_output(library):
     assert len(lines) == 2 and lines[0].split()[1] == full["results"][0]["path"]
 
 
-def test_search_errors(library, tmp_path):
+def test_search_errors(library, tmp_path, another_database):
     lib, photos = library
     assert "no such image" in run("search", tmp_path / "missing.jpg", "--library", lib, expect=1)
     out = run("search", photos / "p0.jpg", "--library", lib, "--feature", "pooler", expect=1)
     assert "no trained pooler" in out
+    empty = ("--database", another_database) if another_database else ()
     assert "no vitdex library" in run(
-        "search", photos / "p0.jpg", "--library", tmp_path / "x", expect=1
+        "search", photos / "p0.jpg", "--library", tmp_path / "x", *empty, expect=1
     )
     assert run("search", photos / "p0.jpg", "--library", lib, "-k", "0", expect=2)
     bad = tmp_path / "bad.jpg"
@@ -180,7 +183,7 @@ def test_missing_or_corrupt_index_file_is_rebuilt_from_sqlite(library):
 
 
 def test_pooler_only_with_trained_pooler_weights(
-    tiny_model, tiny_model_with_pooler, photo_dir, tmp_path
+    tiny_model, tiny_model_with_pooler, photo_dir, tmp_path, another_database, monkeypatch
 ):
     refused = run(
         "ingest",
@@ -195,6 +198,8 @@ def test_pooler_only_with_trained_pooler_weights(
     )
     assert "no trained pooler" in refused
     lib = tmp_path / "b"
+    if another_database:
+        monkeypatch.setenv("VITDEX_DATABASE_URL", another_database)
     ingest(lib, photo_dir, model=tiny_model_with_pooler, extra=("--feature", "pooler"))
     assert run("status", "--library", lib, "--json")["features"] == ["cls", "mean", "pooler"]
     by_feature = {

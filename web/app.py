@@ -105,7 +105,16 @@ class Gallery:
         self.feature = feature
         # One search at a time: the embedder and the library's index cache are not thread-safe.
         self.search_lock = threading.Lock()
-        self.duplicates = DuplicateJobs(library.folder)
+        self.duplicates = DuplicateJobs(library.folder, library.database)
+        self._tags: tuple[int, list] | None = None
+
+    def tags(self) -> list:
+        """The tag filter's choices: counted over every image, so once per generation (labels
+        change only with the vectors), not on every page."""
+        generation = self.library.generation()
+        if self._tags is None or self._tags[0] != generation:
+            self._tags = (generation, self.library.tags())
+        return self._tags[1]
 
     def features(self) -> list[str]:
         spec = self.library.spec
@@ -142,13 +151,18 @@ def create_app(
         folder = decode_key(folder_key, "folder") if folder_key else None
         probe, _, label = params.get("label", "").partition("|")  # "probe name|label"
         probe, label = (probe, label) if probe and label else (None, None)
+        tag = params.get("tag") or None  # the model's own top label
         after = decode_key(params["after"], "after") if params.get("after") else None
         before = decode_key(params["before"], "before") if params.get("before") else None
         if after and before:
             raise HTTPException(400, "give after or before, not both")
-        # One more than a page tells whether another page lies beyond.
-        images, total = library.browse(under=folder, after=after, before=before,
-                                       limit=PAGE_SIZE + 1, probe=probe, label=label)  # fmt: skip
+        with library.reading():  # the page, its count and its filters from one snapshot
+            # One more than a page tells whether another page lies beyond.
+            images, total = library.browse(under=folder, after=after, before=before,
+                                           limit=PAGE_SIZE + 1, probe=probe, label=label,
+                                           tag=tag)  # fmt: skip
+            folders = [(encode_key(f), display(f)) for f in library.folders()]
+            labels, tags = library.prediction_labels(), gallery.tags()
         more = len(images) > PAGE_SIZE
         if before:
             images = images[-PAGE_SIZE:] if more else images
@@ -156,7 +170,7 @@ def create_app(
         else:
             images = images[:PAGE_SIZE]
             has_previous, has_next = after is not None, more
-        keep = {"folder": folder_key, "label": f"{probe}|{label}" if probe else None}
+        keep = {"folder": folder_key, "label": f"{probe}|{label}" if probe else None, "tag": tag}
         keep = {k: v for k, v in keep.items() if v}
         previous_url = next_url = None
         if images and has_previous:
@@ -166,9 +180,8 @@ def create_app(
         return render(
             request, "gallery.html", tiles=[tile(image) for image in images], total=total,
             folder=folder_key or "", probe=probe, label=label,
-            folders=[(encode_key(f), display(f)) for f in library.folders()],
-            labels=library.prediction_labels(), previous_url=previous_url, next_url=next_url,
-            first_url="/?" + urlencode(keep),
+            folders=folders, labels=labels, previous_url=previous_url, next_url=next_url,
+            first_url="/?" + urlencode(keep), tag=tag, tags=tags,
         )  # fmt: skip
 
     def image_page(request: Request) -> Response:
@@ -185,6 +198,7 @@ def create_app(
             request, "image.html", image=image, path=display(image.path),
             name=display(os.path.basename(image.path)), v=image.sha256[:12], feature=feature,
             neighbours=neighbours, error=error, predictions=library.predictions_of(image.id),
+            own_labels=library.labels_of(image.id),
         )  # fmt: skip
 
     def cached_jpeg(request: Request, kind: str) -> Response:

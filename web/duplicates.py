@@ -42,8 +42,8 @@ class Job:
 class DuplicateJobs:
     """One job per (feature, threshold) and generation."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, database: str | None = None):
+        self.folder, self.database = folder, database
         self._jobs: dict[tuple[str, float | None], Job] = {}
         self._lock = threading.Lock()  # guards _jobs
         self._one_at_a_time = threading.Lock()
@@ -71,7 +71,7 @@ class DuplicateJobs:
         try:
             from vitdex.library.dupes import find_duplicates
 
-            with self._one_at_a_time, Library.open(self.folder) as library:
+            with self._one_at_a_time, Library.open(self.folder, database=self.database) as library:
                 found = find_duplicates(library, threshold=threshold, feature=feature)
                 job.threshold = found.get("threshold")
                 job.groups = groups_of(library, found["groups"])
