@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROWS_PER_TASK = 64
-"""Jobs per Ray Data batch: what one actor call embeds and what comes back at once."""
+"""Most jobs per Ray Data batch: what one actor call embeds and what comes back at once."""
+MIN_ROWS_PER_TASK = 16  # a CPU forward batch: smaller tasks pay the call for little work
+TASKS_PER_ACTOR = 4
 CRASH_MARKER_ENV = "VITDEX_RAY_CRASH_MARKER"
 """Test hook: when this names an existing file, an actor removes it and exits on its 2nd batch
 (once in the whole run), as a killed worker would."""
@@ -132,8 +134,10 @@ class RayExecutor:
         actors, cpus = self._pool_size(ray)
         gpus = 1 if self.device.startswith("cuda") else 0
         cache = self.library.folder / "models"
-        # one block per task, so results stream back; few jobs are still spread over every actor
-        per_task = max(1, min(self.rows_per_task, -(-len(items) // actors)))
+        # One block per task, so results stream back. At least 4 tasks per actor when there are
+        # enough jobs, so no actor is left with a long tail while the others idle.
+        spread = -(-len(items) // (TASKS_PER_ACTOR * actors))
+        per_task = max(1, min(self.rows_per_task, max(MIN_ROWS_PER_TASK, spread)))
         dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_task))
         return dataset.map_batches(
             EmbedActor,
@@ -176,6 +180,7 @@ class EmbedActor:
         import ray
 
         from vitdex.embedder import Embedder, EmbeddingSpec, runtime_option
+        from vitdex.library.library import _is_commit
 
         self.batch_size = batch_size
         self.batches = 0
@@ -247,10 +252,6 @@ def _crash_hook(batches: int) -> None:
             return
         log.warning("test hook: ray actor exits on its batch %d", batches)
         os._exit(1)
-
-
-def _is_commit(revision: str) -> bool:
-    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
 def _import_ray() -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,7 @@ def test_a_worker_whose_spec_differs_is_refused(local_ray, tmp_path):
     assert len(other) == 16 and other != key
     with Library.open(lib) as library:
         assert library.store.images.count() == 1
+    shutil.rmtree(model)  # a node that cannot load the model: one line, not a retry loop
+    out = run("ingest", folder, "--library", lib, "--engine", "ray", expect=1)
+    (line,) = out.strip().splitlines()
+    assert f"cannot load {model}" in line, line
