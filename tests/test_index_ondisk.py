@@ -268,3 +268,22 @@ def test_the_manager_builds_on_disk_past_its_memory_and_loads_catches_up_and_cle
     with Library.open(lib) as library:
         library.indexes.refresh(["cls"])
     assert not dead.exists() and live.exists()
+
+
+def test_new_libraries_use_16k_pages_and_old_ones_keep_theirs(tmp_path):
+    import sqlite3
+
+    from vitdex.storage import Store
+
+    def page_size(folder: Path) -> int:
+        with sqlite3.connect(folder / "vitdex.sqlite") as db:
+            return db.execute("PRAGMA page_size").fetchone()[0]
+
+    Store(tmp_path / "new", create=True).close()
+    assert page_size(tmp_path / "new") == 16384
+    (tmp_path / "old").mkdir()
+    with sqlite3.connect(tmp_path / "old" / "vitdex.sqlite") as db:
+        db.execute("PRAGMA page_size=4096")
+        db.execute("CREATE TABLE t (x)")  # a database made before: 4 KB pages
+    Store(tmp_path / "old", create=True).close()
+    assert page_size(tmp_path / "old") == 4096
