@@ -162,13 +162,13 @@ def make_library(folder: Path, n: int, seed: int = 0):
     return stored
 
 
-def add_images(folder: Path, numbers: range, seed: int) -> None:
+def add_images(folder: Path, numbers: range, seed: int, x: np.ndarray | None = None) -> None:
     from vitdex.storage import FileIdentity, NewContent, Store
 
     store = Store(folder)
     try:
         spec = store.spec()
-        x = clustered(len(numbers), seed=seed)
+        x = clustered(len(numbers), seed=seed) if x is None else x
         contents = [NewContent(hashlib.sha256(f"c{i}".encode()).hexdigest(), 8, 8, "JPEG", None,
                                None, None) for i in numbers]  # fmt: skip
         files = [FileIdentity(f"/nowhere/img{i:06d}.jpg", 0, 0, 100 + i, 0) for i in numbers]
@@ -287,3 +287,34 @@ def test_new_libraries_use_16k_pages_and_old_ones_keep_theirs(tmp_path):
         db.execute("CREATE TABLE t (x)")  # a database made before: 4 KB pages
     Store(tmp_path / "old", create=True).close()
     assert page_size(tmp_path / "old") == 4096
+
+
+def test_dupes_past_the_flat_size_stream_pages_and_find_the_same_groups(tmp_path, monkeypatch):
+    from vitdex.library import Library
+    from vitdex.library.dupes import find_duplicates
+
+    x = clustered(2000, seed=12)
+    x[1500:1530] = x[:30] + 0.002 * np.random.default_rng(1).standard_normal((30, DIM))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    make_library(tmp_path / "lib", 0)
+    add_images(tmp_path / "lib", range(2000), seed=0, x=x)
+
+    def groups(result: dict) -> list[list[int]]:
+        return sorted(sorted(m["id"] for m in g["members"]) for g in result["groups"])
+
+    with Library.open(tmp_path / "lib") as library:
+        expected = find_duplicates(library, threshold=0.99)  # 2000 <= FLAT_MAX_N: in memory
+        assert len(expected["groups"]) >= 30
+        monkeypatch.setattr(vi, "FLAT_MAX_N", 100)  # now the paged path over the IVF index
+        library.indexes.rebuild("cls", "ivfsq8")
+        read: list[int] = []
+        of_contents = library.store.vectors.of_contents
+
+        def recorded(spec, feature, contents):
+            read.append(len(contents))
+            return of_contents(spec, feature, contents)
+
+        monkeypatch.setattr(library.store.vectors, "of_contents", recorded)
+        got = find_duplicates(library, threshold=0.99)
+    assert groups(got) == groups(expected)
+    assert read and max(read) <= 2 * len(expected["groups"])  # group members only, never all
