@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -282,6 +283,10 @@ class IndexManager:
 
         source = PagedVectors(n=len(all_ids), dim=spec.dim, pages=pages, rows=rows)
         workdir = self.folder / f".build-{os.getpid()}-{os.urandom(8).hex()}"
+        try:
+            workdir.mkdir(parents=True)
+        except OSError:  # a read-only library: a reader builds in the system's temp folder
+            workdir = Path(tempfile.mkdtemp(prefix="vitdex-build-"))
         try:
             index = build_ivf_on_disk(source, kind, workdir, memory=self.build_memory, page=page)
         finally:
