@@ -7,7 +7,11 @@ Memory is bounded by `memory` (bytes), not by N:
   which is written to `workdir` when full;
 - the shards are merged list by list into one file laid out exactly as `faiss.write_index`
   lays out the same index built in memory (`write_ivf_lists`), so the result loads, maps and
-  saves like any index; the shards are memory-mapped while merging and deleted after.
+  saves like any index; the shards are read back with pread (not mapped: mapped pages would
+  count in the process's memory) and deleted after.
+The training phase holds the sample (at most max(40 nlist, 50k) rows: 503 MB at 768-d and 4096
+lists) and is over before the adding phase starts; `memory` bounds the adding phase (pages and
+shard codes). The process adds its own interpreter, FAISS and SQLite cache on top.
 The calibration (nprobe) queries are the same build rows as in memory; their exact neighbours
 are kept as a running top-k while the pages stream by, so no second pass over the vectors.
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +46,7 @@ from vitdex.index.vector_index import (
     ivf_header,
     normalize,
     train_rows,
+    write_ivf_header,
     write_ivf_lists,
 )
 
@@ -173,43 +179,80 @@ def _pad(a: np.ndarray, width: int, fill: Any) -> np.ndarray:
 
 
 def _write_shard(shard: Any, workdir: Path, number: int, token: bytes) -> Path:
-    """Write one shard (its name matches the temp pattern, so `remove_temp_files` clears it
-    if the build is killed)."""
-    import faiss
-
-    path = _temp_path(workdir / f"shard{number:04d}.faiss", token)
+    """Write one shard's inverted lists in FAISS's "ilar" layout (no index header); its name
+    matches the temp pattern, so `remove_temp_files` clears it if the build is killed."""
+    path = _temp_path(workdir / f"shard{number:04d}.ilar", token)
     try:
-        faiss.write_index(shard, str(path))
-    except RuntimeError as e:
+        with open(path, "xb") as f:
+            write_ivf_lists(f.write, shard.nlist, shard.code_size, [shard.invlists])
+    except OSError as e:
         path.unlink(missing_ok=True)
-        raise IndexFileError(f"cannot write index shard {path}: {e}") from e
+        raise IndexFileError(f"cannot write index shard {path}: {e.strerror or e}") from e
     log.debug("wrote shard %s (%d vectors)", path.name, shard.ntotal)
     return path
 
 
+@dataclass
+class _Shard:
+    """A shard file read back with pread, list by list: where each list's codes start."""
+
+    fd: int
+    sizes: np.ndarray  # vectors per list
+    starts: np.ndarray  # byte offset of each list's codes (its ids follow them)
+
+    @classmethod
+    def open(cls, path: Path, nlist: int, code_size: int) -> _Shard:
+        fd = os.open(path, os.O_RDONLY)
+        head = os.pread(fd, 4 + 16 + 4 + 8, 0)
+        magic, (n, cs), kind = head[:4], struct.unpack("<QQ", head[4:20]), head[20:24]
+        (count,) = struct.unpack("<Q", head[24:32])
+        if magic != b"ilar" or (n, cs) != (nlist, code_size) or kind not in (b"full", b"sprs"):
+            os.close(fd)
+            raise IndexFileError(f"index shard {path} is not what this build wrote")
+        table = np.frombuffer(os.pread(fd, 8 * count, 32), "<u8").astype(np.int64)
+        sizes = np.zeros(nlist, np.int64)
+        if kind == b"full":
+            sizes[:] = table
+        else:
+            sizes[table[0::2]] = table[1::2]
+        lengths = sizes * (code_size + 8)
+        starts = 32 + 8 * count + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        return cls(fd, sizes, starts)
+
+
 def _merge(trained: Any, total: int, shards: list[Path], out: Path) -> None:
-    """Concatenate the shards' lists into `out`, one list at a time, shards memory-mapped."""
+    """Concatenate the shards' lists into `out`, one list at a time. Shards are read with
+    pread, not mapped, so the process holds one list, not the pages of every shard."""
     import faiss
 
     header_index = faiss.clone_index(trained)
     header_index.ntotal = total
     header = ivf_header(header_index)
     del header_index
-    opened = [
-        faiss.read_index(str(p), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) for p in shards
-    ]
-    parts = [idx.invlists for idx in opened]
+    nlist, code_size = trained.nlist, trained.code_size
+    parts = [_Shard.open(p, nlist, code_size) for p in shards]
+    sizes = np.sum([p.sizes for p in parts], axis=0).astype(np.uint64)
     try:
         with open(out, "xb") as f:
             f.write(header)
-            write_ivf_lists(f.write, trained.nlist, trained.code_size, parts)
+            write_ivf_header(f.write, nlist, code_size, sizes)
+            for lst in np.flatnonzero(sizes).tolist():
+                for part in parts:
+                    if part.sizes[lst]:
+                        length = int(part.sizes[lst]) * code_size
+                        f.write(os.pread(part.fd, length, int(part.starts[lst])))
+                for part in parts:
+                    if part.sizes[lst]:
+                        at = int(part.starts[lst]) + int(part.sizes[lst]) * code_size
+                        f.write(os.pread(part.fd, int(part.sizes[lst]) * 8, at))
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
         out.unlink(missing_ok=True)
         raise IndexFileError(f"cannot write index file {out}: {e.strerror or e}") from e
     finally:
-        del parts, opened
+        for part in parts:
+            os.close(part.fd)
 
 
 def _open_mapped(path: Path, kind: str, d: int, params: dict[str, Any]) -> VectorIndex:

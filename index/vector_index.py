@@ -1010,6 +1010,22 @@ def ivf_header(index: Any) -> bytes:
     return raw[:-4]
 
 
+def write_ivf_header(
+    sink: Callable[[bytes], object], nlist: int, code_size: int, sizes: np.ndarray
+) -> None:
+    """The start of FAISS's "ilar" section: fourcc, nlist, code size and the list sizes, as
+    "full" (every size) when more than half the lists are filled, else "sprs" (list, size)
+    pairs; the lists' codes and ids follow, list by list."""
+    sizes = np.asarray(sizes, np.uint64)
+    sink(b"ilar" + struct.pack("<QQ", nlist, code_size))
+    nonzero = np.flatnonzero(sizes)
+    if len(nonzero) > nlist // 2:
+        sink(b"full" + struct.pack("<Q", nlist) + sizes.astype("<u8").tobytes())
+    else:
+        pairs = np.column_stack([nonzero.astype(np.uint64), sizes[nonzero]]).astype("<u8")
+        sink(b"sprs" + struct.pack("<Q", pairs.size) + pairs.tobytes())
+
+
 def write_ivf_lists(sink: Callable[[bytes], object], nlist: int, code_size: int,
                     parts: Sequence[Any]) -> None:  # fmt: skip
     """Write FAISS's "ilar" section (ArrayInvertedLists, as `write_index` lays it out) for the
@@ -1021,14 +1037,8 @@ def write_ivf_lists(sink: Callable[[bytes], object], nlist: int, code_size: int,
     sizes = np.zeros(nlist, np.uint64)
     for part in parts:
         sizes += np.fromiter((part.list_size(i) for i in range(nlist)), np.uint64, nlist)
-    sink(b"ilar" + struct.pack("<QQ", nlist, code_size))
-    nonzero = np.flatnonzero(sizes)
-    if len(nonzero) > nlist // 2:
-        sink(b"full" + struct.pack("<Q", nlist) + sizes.astype("<u8").tobytes())
-    else:
-        pairs = np.column_stack([nonzero.astype(np.uint64), sizes[nonzero]]).astype("<u8")
-        sink(b"sprs" + struct.pack("<Q", pairs.size) + pairs.tobytes())
-    for lst in nonzero.tolist():
+    write_ivf_header(sink, nlist, code_size, sizes)
+    for lst in np.flatnonzero(sizes).tolist():
         for part in parts:
             size = part.list_size(lst)
             if size:
