@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from vitdex.index.vector_index import VectorIndex, _as_ids, normalize
@@ -36,3 +38,45 @@ def recall_at_k(
     _, got = index.search(q, k)
     hits = sum(len(np.intersect1d(g, r[r >= 0])) for g, r in zip(gt_ids, got, strict=True))
     return hits / (len(rows) * k)
+
+
+def recall_at_k_paged(
+    index: VectorIndex,
+    query_ids: np.ndarray,
+    queries: np.ndarray,
+    pages: Iterable[tuple[np.ndarray, np.ndarray]],
+    k: int = 10,
+) -> float:
+    """`recall_at_k` with the exact top-k computed over `pages` of (ids, vectors) as they
+    stream by (a running top-k per query), so memory is one page, not every vector.
+
+    `queries` (with ids `query_ids`) are vectors of the pages; nothing is excluded, as in
+    `recall_at_k`."""
+    import faiss
+
+    q = normalize(queries, index.dim)
+    if not len(q):
+        return 1.0
+    k = min(k, index.ntotal) if index.ntotal else k
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    seen = 0
+    for ids, vectors in pages:
+        x = normalize(vectors, index.dim)
+        id_arr = _as_ids(ids, len(x))
+        if not len(x):
+            continue
+        kk = min(k, len(x))
+        dist, found = faiss.knn(q, x, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        if kk < k:
+            dist = np.hstack([dist, np.full((len(q), k - kk), -np.inf, np.float32)])
+            found = np.hstack([id_arr[found], np.full((len(q), k - kk), -1, np.int64)])
+        else:
+            found = id_arr[found]
+        heap.add_result(np.ascontiguousarray(dist), np.ascontiguousarray(found))
+        seen += len(x)
+    heap.finalize()
+    k = min(k, seen)
+    gt_ids = heap.I[:, :k]
+    _, got = index.search(q, k)
+    hits = sum(len(np.intersect1d(g, r[r >= 0])) for g, r in zip(gt_ids, got, strict=True))
+    return hits / (len(q) * k)

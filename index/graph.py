@@ -6,7 +6,7 @@ Built batch by batch through the index so memory stays O(N * k), never N x N.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -117,3 +117,69 @@ def connected_components(src: np.ndarray, dst: np.ndarray, ids: np.ndarray) -> n
     rank = np.empty(len(first_idx), np.int64)
     rank[np.argsort(first_idx, kind="stable")] = np.arange(len(first_idx))
     return rank[inverse]
+
+
+def knn_graph_paged(
+    index: VectorIndex,
+    pages: Iterable[tuple[np.ndarray, np.ndarray]],
+    nodes: np.ndarray,
+    k: int,
+    threshold: float,
+    vectors_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`knn_graph` over vectors that arrive in `pages` of (ids, vectors), so memory is one page
+    plus the candidate edges, never all N vectors.
+
+    Rows whose id is not in `nodes` are skipped, and so are neighbours outside `nodes`.
+    Candidates (index score >= threshold - SCORE_MARGIN) are judged on the exact cosine of
+    their two vectors, read back with `vectors_of(ids) -> (ids, vectors)` once the pages are
+    done: only vectors that have a candidate edge are read twice.
+    """
+    if k < 1:
+        raise IndexInputError(f"k must be >= 1, got {k}")
+    node_ids = np.unique(_as_ids(nodes))
+    n = len(node_ids)
+    pairs: list[np.ndarray] = []
+    done = 0
+    for ids, vectors in pages:
+        id_arr = _as_ids(ids, len(vectors))
+        keep = np.isin(id_arr, node_ids, assume_unique=True)
+        if not keep.any():
+            continue
+        id_arr = id_arr[keep]
+        q = normalize(np.asarray(vectors)[keep], index.dim)
+        d, nb = index.search(q, k + 1)
+        src = np.repeat(id_arr, k + 1)
+        nb = nb.ravel()
+        cand = (d.ravel() >= threshold - SCORE_MARGIN) & (nb >= 0) & (nb != src)
+        src, nb = src[cand], nb[cand]
+        pos = np.minimum(np.searchsorted(node_ids, nb), max(n - 1, 0))
+        known = node_ids[pos] == nb
+        src, nb = src[known], nb[known]
+        pairs.append(np.column_stack([np.minimum(src, nb), np.maximum(src, nb)]))
+        done += len(id_arr)
+        if progress is not None:
+            progress(done, n)
+    empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    if not pairs:
+        return empty
+    edges = np.unique(np.concatenate(pairs), axis=0)
+    if not len(edges):
+        return empty
+    got_ids, got = vectors_of(np.unique(edges))
+    got = normalize(got, index.dim)
+    order = np.argsort(got_ids, kind="stable")
+    got_ids, got = got_ids[order], got[order]
+    a = np.searchsorted(got_ids, edges[:, 0])
+    b = np.searchsorted(got_ids, edges[:, 1])
+    a, b = np.minimum(a, len(got_ids) - 1), np.minimum(b, len(got_ids) - 1)
+    present = (got_ids[a] == edges[:, 0]) & (got_ids[b] == edges[:, 1])  # removed meanwhile
+    edges, a, b = edges[present], a[present], b[present]
+    exact = np.einsum("ij,ij->i", got[a], got[b])
+    ok = exact >= threshold
+    log.info(
+        "knn graph (paged): %d vectors, %d candidates, %d edges with cosine >= %.3f",
+        done, len(edges), int(ok.sum()), threshold,
+    )  # fmt: skip
+    return edges[ok, 0], edges[ok, 1], exact[ok].astype(np.float32)

@@ -13,6 +13,7 @@ faiss is imported inside functions only, so importing vitdex.index stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -21,8 +22,10 @@ import os
 import re
 import struct
 import time
+import weakref
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -121,6 +124,82 @@ def _as_ids(ids: Iterable[int] | np.ndarray, n: int | None = None) -> np.ndarray
     return a
 
 
+def train_rows(n: int, nlist: int, seed: int) -> np.ndarray:
+    """Positions (in id order) of the vectors an IVF build of n vectors trains on: at most
+    max(40 * nlist, 50k), drawn with `seed`. The on-disk build reads exactly these rows, so
+    both builds train on the same sample and give the same index."""
+    sample_n = min(n, max(TRAIN_POINTS_PER_LIST * nlist, TRAIN_MIN_SAMPLE))
+    if sample_n == n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, sample_n, replace=False))
+
+
+def calibration_rows(n: int, seed: int) -> np.ndarray:
+    """Positions (in id order) of the build vectors used as calibration queries."""
+    return np.sort(
+        np.random.default_rng(seed + 1).choice(n, min(CALIBRATION_QUERIES, n), replace=False)
+    )
+
+
+def _trained_ivf(
+    kind: str,
+    d: int,
+    n: int,
+    sample: np.ndarray,
+    nlist: int,
+    m: int | None,
+    centroids: np.ndarray | None,
+    seed: int,
+) -> tuple[Any, dict[str, Any]]:
+    """An empty IVF index of `kind` trained on `sample` (normalised rows), and its params;
+    `n` is the number of vectors it will hold (the size checks are on it)."""
+    import faiss
+
+    c = normalize(centroids, d) if centroids is not None else None
+    if kind == "ivfpq":
+        m = int(m or _default_pq_m(d))
+        if d % m:
+            raise IndexInputError(f"PQ m={m} must divide the dimension {d}")
+    need = min_vectors(kind) if c is None or kind == "ivfpq" else 0
+    if n < need:
+        hint = "; use ivfsq8 or flat" if kind == "ivfpq" else ""
+        raise IndexKindError(f"{kind} needs at least {need} vectors to train, got {n}{hint}")
+    if c is None and nlist > 1 and n < MIN_POINTS_PER_LIST * nlist:
+        raise IndexInputError(
+            f"{kind} with nlist={nlist} needs at least {MIN_POINTS_PER_LIST * nlist} "
+            f"vectors to train, got {n}"
+        )
+    quantizer = faiss.IndexFlatIP(d)
+    if kind == "ivfsq8":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+        params: dict[str, Any] = {"nlist": nlist, "nprobe": min(16, nlist)}
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
+        index.do_polysemous_training = False
+        index.pq.cp.niter = KMEANS_NITER  # codebooks: 10 k-means rounds, not 25
+        params = {"nlist": nlist, "nprobe": min(16, nlist), "m": m, "nbits": PQ_NBITS}
+    index.own_fields = True
+    quantizer.this.disown()
+    if c is not None:
+        quantizer.add(c)  # IndexIVF skips coarse training when the quantizer is full
+    elif nlist == 1:
+        # spherical k-means with one centroid is the normalised mean: no k-means (and no
+        # FAISS warning about fewer than 39 points), so ivfsq8 works from one vector
+        quantizer.add(normalize(sample.mean(axis=0, dtype=np.float64)))
+    else:
+        cp = faiss.ClusteringParameters()
+        cp.niter = KMEANS_NITER
+        cp.seed = seed
+        cp.spherical = True
+        cp.max_points_per_centroid = 10**9  # we already sampled
+        clus = faiss.Clustering(d, nlist, cp)
+        clus.train(sample, quantizer)
+    index.train(sample)
+    return index, params
+
+
 class VectorIndex:
     """One FAISS index plus its kind and search parameters.
 
@@ -141,6 +220,9 @@ class VectorIndex:
         self._ids_cache: np.ndarray | None = None
         self._sorted_ids: np.ndarray | None = None
         self._mapped = False
+        # A mapped IVF index's file: (open descriptor, FAISS bytes), so `save` copies it
+        # instead of reading it into memory (set by `load` and the on-disk build).
+        self._source: _Source | None = None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -233,59 +315,11 @@ class VectorIndex:
         Sizes are checked before anything is trained, so FAISS never prints its "please provide
         at least N training points" warnings: too few vectors raise instead.
         """
-        import faiss
-
         n, d = x.shape
-        if centroids is not None:
-            c = normalize(centroids, d)
-            nlist = len(c)
-        else:
-            c = None
-            nlist = int(nlist or default_nlist(n))
-        if kind == "ivfpq":
-            m = int(m or _default_pq_m(d))
-            if d % m:
-                raise IndexInputError(f"PQ m={m} must divide the dimension {d}")
-        need = min_vectors(kind) if c is None or kind == "ivfpq" else 0
-        if n < need:
-            hint = "; use ivfsq8 or flat" if kind == "ivfpq" else ""
-            raise IndexKindError(f"{kind} needs at least {need} vectors to train, got {n}{hint}")
-        if c is None and nlist > 1 and n < MIN_POINTS_PER_LIST * nlist:
-            raise IndexInputError(
-                f"{kind} with nlist={nlist} needs at least {MIN_POINTS_PER_LIST * nlist} "
-                f"vectors to train, got {n}"
-            )
-        quantizer = faiss.IndexFlatIP(d)
-        if kind == "ivfsq8":
-            index = faiss.IndexIVFScalarQuantizer(
-                quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-            )
-            params: dict[str, Any] = {"nlist": nlist, "nprobe": min(16, nlist)}
-        else:
-            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
-            index.do_polysemous_training = False
-            index.pq.cp.niter = KMEANS_NITER  # codebooks: 10 k-means rounds, not 25
-            params = {"nlist": nlist, "nprobe": min(16, nlist), "m": m, "nbits": PQ_NBITS}
-        index.own_fields = True
-        quantizer.this.disown()
-        rng = np.random.default_rng(seed)
-        sample_n = min(n, max(TRAIN_POINTS_PER_LIST * nlist, TRAIN_MIN_SAMPLE))
-        sample = x if sample_n == n else x[np.sort(rng.choice(n, sample_n, replace=False))]
-        if c is not None:
-            quantizer.add(c)  # IndexIVF skips coarse training when the quantizer is full
-        elif nlist == 1:
-            # spherical k-means with one centroid is the normalised mean: no k-means (and no
-            # FAISS warning about fewer than 39 points), so ivfsq8 works from one vector
-            quantizer.add(normalize(sample.mean(axis=0, dtype=np.float64)))
-        else:
-            cp = faiss.ClusteringParameters()
-            cp.niter = KMEANS_NITER
-            cp.seed = seed
-            cp.spherical = True
-            cp.max_points_per_centroid = 10**9  # we already sampled
-            clus = faiss.Clustering(d, nlist, cp)
-            clus.train(sample, quantizer)
-        index.train(sample)
+        nlist = len(centroids) if centroids is not None else int(nlist or default_nlist(n))
+        rows = train_rows(n, nlist, seed)
+        sample = x if len(rows) == n else x[rows]
+        index, params = _trained_ivf(kind, d, n, sample, nlist, m, centroids, seed)
         if n:
             index.add_with_ids(x, ids)
         return index, params
@@ -302,11 +336,17 @@ class VectorIndex:
         k = min(10, n - 1)
         if k < 1:
             return
-        rng = np.random.default_rng(seed + 1)
-        rows = np.sort(rng.choice(n, min(CALIBRATION_QUERIES, n), replace=False))
+        rows = calibration_rows(n, seed)
         q = x[rows]
         _, gt = faiss.knn(q, x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-        gt_ids = ids[gt]
+        self._calibrate_on(q, ids[gt], ids[rows], k)
+
+    def _calibrate_on(
+        self, q: np.ndarray, gt_ids: np.ndarray, self_ids: np.ndarray, k: int
+    ) -> None:
+        """Calibrate on queries `q` (build vectors with ids `self_ids`) whose exact top-(k+1)
+        ids are `gt_ids`; shared by the in-memory and the on-disk builds."""
+        n = self.ntotal
         key, top = ("nprobe", self.params["nlist"]) if self.kind != "hnsw" else ("efSearch", n)
         # HNSW starts at 64: build vectors are graph nodes, so they overstate recall for new
         # queries (measured: efSearch=16 gave 0.98 on build vectors, 0.94 on held-out ones).
@@ -314,7 +354,7 @@ class VectorIndex:
         measured: dict[int, float] = {}
         while True:
             _, got = self._raw_search(q, k + 1, None, {key: value})
-            measured[value] = _recall_excluding(gt_ids, got, ids[rows], k)
+            measured[value] = _recall_excluding(gt_ids, got, self_ids, k)
             log.debug("calibration %s=%d recall@%d=%.4f", key, value, k, measured[value])
             if measured[value] >= RECALL_TARGET or value >= top:
                 break
@@ -599,13 +639,15 @@ class VectorIndex:
             json.dumps(meta or {})
         except (TypeError, ValueError) as e:
             raise IndexInputError(f"index meta must be JSON-serialisable: {e}") from e
-        self._own()
+        source = self._source if self._mapped else None
+        if source is None:
+            self._own()
         token = os.urandom(_TAG.size - len(_TAG_MAGIC))
         data_tmp, side_tmp = _temp_path(path, token), _temp_path(side, token)
         renamed = False
         try:
             with open(data_tmp, "xb") as f:
-                crc = _stream_index(self._index, f)
+                crc = _copy_source(source, f) if source else _stream_index(self._index, f)
                 f.write(_TAG.pack(_TAG_MAGIC, token))
                 f.flush()
                 os.fsync(f.fileno())
@@ -704,14 +746,17 @@ class VectorIndex:
                         f"corrupt index file {path}: FAISS cannot read it ({reason})"
                     ) from e
                 now = os.stat(path)
+                fd = os.dup(f.fileno())
         except FileNotFoundError:
             raise IndexFileError(f"index file not found: {path}") from None
         except OSError as e:
             raise IndexFileError(f"cannot read index file {path}: {e.strerror or e}") from e
         if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+            os.close(fd)
             raise _NotThePair(None, "replaced while loading")
         expected = (sidecar["ntotal"], sidecar["dim"])
         if not _is_kind(index, kind) or (index.ntotal, index.d) != expected:
+            os.close(fd)
             raise IndexFileError(
                 f"corrupt index file {path}: it holds a {type(index).__name__} of "
                 f"{index.ntotal} x {index.d}, its sidecar says {kind} of "
@@ -719,6 +764,10 @@ class VectorIndex:
             )
         self = cls(index, kind, sidecar["dim"], sidecar["params"])
         self._mapped = _is_mapped(index, kind)
+        if self._mapped and kind.startswith("ivf"):
+            self._source = _Source.keep(fd, st.st_size - _TAG.size, self)
+        else:
+            os.close(fd)
         return self
 
 
@@ -906,6 +955,98 @@ def _stream_index(index: Any, f: BinaryIO) -> int:
     faiss.write_index(index, writer)
     del writer  # flushes its buffer through `sink`
     return crc
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """The file a mapped IVF index reads from, held open: `save` copies its first `nbytes`
+    (the FAISS part) even after the name was replaced or unlinked."""
+
+    fd: int
+    nbytes: int
+
+    @classmethod
+    def keep(cls, fd: int, nbytes: int, owner: object, unlink: Path | None = None) -> _Source:
+        """Own `fd` until `owner` is collected; then close it (and unlink the file `unlink`)."""
+        weakref.finalize(owner, _release, fd, unlink)
+        return cls(fd, nbytes)
+
+
+def _release(fd: int, unlink: Path | None) -> None:
+    os.close(fd)
+    if unlink is not None:
+        with contextlib.suppress(OSError):
+            unlink.unlink()
+
+
+def _copy_source(source: _Source, f: BinaryIO) -> int:
+    """Copy a mapped index's FAISS bytes into `f` in 16 MiB chunks; returns their CRC-32."""
+    crc, offset = 0, 0
+    while offset < source.nbytes:
+        chunk = os.pread(source.fd, min(1 << 24, source.nbytes - offset), offset)
+        if not chunk:
+            raise IndexFileError(f"index source file shrank at byte {offset}")
+        _write_chunk(f, chunk)
+        crc = zlib.crc32(chunk, crc)
+        offset += len(chunk)
+    return crc
+
+
+def ivf_header(index: Any) -> bytes:
+    """`faiss.write_index` output of an IVF index up to its inverted lists (which come last
+    for IVF-SQ8 and IVF-PQ), with its ntotal; the index must be private to the caller (its
+    lists are detached for a moment)."""
+    import faiss
+
+    lists, own = index.invlists, index.own_invlists
+    index.own_invlists = False
+    index.replace_invlists(None, False)
+    try:
+        raw = faiss.serialize_index(index).tobytes()
+    finally:
+        index.replace_invlists(lists, own)
+    if raw[-4:] != b"il00":
+        raise IndexFileError("unexpected FAISS index layout: inverted lists are not last")
+    return raw[:-4]
+
+
+def write_ivf_header(
+    sink: Callable[[bytes], object], nlist: int, code_size: int, sizes: np.ndarray
+) -> None:
+    """The start of FAISS's "ilar" section: fourcc, nlist, code size and the list sizes, as
+    "full" (every size) when more than half the lists are filled, else "sprs" (list, size)
+    pairs; the lists' codes and ids follow, list by list."""
+    sizes = np.asarray(sizes, np.uint64)
+    sink(b"ilar" + struct.pack("<QQ", nlist, code_size))
+    nonzero = np.flatnonzero(sizes)
+    if len(nonzero) > nlist // 2:
+        sink(b"full" + struct.pack("<Q", nlist) + sizes.astype("<u8").tobytes())
+    else:
+        pairs = np.column_stack([nonzero.astype(np.uint64), sizes[nonzero]]).astype("<u8")
+        sink(b"sprs" + struct.pack("<Q", pairs.size) + pairs.tobytes())
+
+
+def write_ivf_lists(sink: Callable[[bytes], object], nlist: int, code_size: int,
+                    parts: Sequence[Any]) -> None:  # fmt: skip
+    """Write FAISS's "ilar" section (ArrayInvertedLists, as `write_index` lays it out) for the
+    concatenation of `parts` (InvertedLists: each list is the parts' lists in order), one list
+    at a time: memory is one list, however large the index. Together with `ivf_header` this
+    is byte for byte the file `faiss.write_index` writes for the merged index."""
+    import faiss
+
+    sizes = np.zeros(nlist, np.uint64)
+    for part in parts:
+        sizes += np.fromiter((part.list_size(i) for i in range(nlist)), np.uint64, nlist)
+    write_ivf_header(sink, nlist, code_size, sizes)
+    for lst in np.flatnonzero(sizes).tolist():
+        for part in parts:
+            size = part.list_size(lst)
+            if size:
+                sink(faiss.rev_swig_ptr(part.get_codes(lst), size * code_size).tobytes())
+        for part in parts:
+            size = part.list_size(lst)
+            if size:
+                sink(faiss.rev_swig_ptr(part.get_ids(lst), size).tobytes())
 
 
 def _crc(f: BinaryIO, size: int) -> int:

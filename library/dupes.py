@@ -149,24 +149,18 @@ def find_duplicates(
     rep_ids, rep_contents = image_ids[first], content_ids[first]
     exact_contents = rep_contents[counts > 1]
 
-    vectors = library.store.vectors.of_contents(spec, feature, rep_contents)
-    labels = near_components(
-        _graph_index(library, feature, rep_ids, vectors),
-        rep_ids,
-        vectors,
-        threshold=threshold,
-        k=k,
-        progress=progress,
-    )
+    labels = _near_labels(library, spec, feature, rep_ids, rep_contents, under, threshold, k,
+                          progress)  # fmt: skip
     sizes = np.bincount(labels)
     near_sets = [rep_contents[labels == c] for c in np.flatnonzero(sizes > 1)]
 
     wanted = np.union1d(exact_contents, np.concatenate([*near_sets, np.empty(0, np.int64)]))
+    vectors = library.store.vectors.of_contents(spec, feature, wanted)  # groups' members only
+    row_of = {int(c): i for i, c in enumerate(wanted)}
     members = library.store.images.by_ids(image_ids[np.isin(content_ids, wanted)].tolist())
     by_content: dict[int, list[StoredImage]] = {}
     for member in members.values():
         by_content.setdefault(member.content_id, []).append(member)
-    row_of = {int(c): i for i, c in enumerate(rep_contents)}
 
     # An ingest may remove images while we read: a group left with one member is no group.
     exact = [by_content.get(int(c), []) for c in exact_contents]
@@ -311,15 +305,43 @@ def calibrated_threshold(library: Library, feature: str, extra: np.ndarray | Non
     return auto_threshold(np.concatenate(parts) if parts else np.empty((0, 0), np.float32))[0]
 
 
-def _graph_index(
-    library: Library, feature: str, rep_ids: np.ndarray, vectors: np.ndarray
-) -> VectorIndex | _Restricted:
-    """An index over exactly the representatives: a fresh exact one while that is cheap, else
-    the library's own (filtered when it also holds copies or images out of scope)."""
+def _near_labels(
+    library: Library,
+    spec: StoredSpec,
+    feature: str,
+    rep_ids: np.ndarray,
+    rep_contents: np.ndarray,
+    under: str | Path | None,
+    threshold: float,
+    k: int,
+    progress: Callable[[int, int], None] | None,
+) -> np.ndarray:
+    """Near-group label per representative. While an exact index is cheap (choose_kind says
+    flat), a fresh one over the representatives' vectors; past that, the library's own index
+    queried with the vectors streamed in pages (knn_graph_paged), so memory stays one page
+    plus the candidate edges, never every vector."""
+    from vitdex.index.graph import connected_components, knn_graph_paged
     from vitdex.index.vector_index import VectorIndex, choose_kind
 
+    store = library.store
     if choose_kind(len(rep_ids)) == "flat":
-        return VectorIndex.build(rep_ids, vectors, kind="flat")
+        vectors = store.vectors.of_contents(spec, feature, rep_contents)
+        index = VectorIndex.build(rep_ids, vectors, kind="flat")
+        return near_components(index, rep_ids, vectors, threshold=threshold, k=k,
+                               progress=progress)  # fmt: skip
+    with store.snapshot():
+        index = _graph_index(library, feature, rep_ids)
+        scope = canonical(under) if under is not None else None
+        pages = ((p.ids, p.vectors) for p in store.vectors.iter_pages(spec, feature, under=scope))
+        src, dst, _ = knn_graph_paged(
+            index, pages, rep_ids, k, threshold,
+            lambda ids: store.vectors.of_image_ids(spec, feature, ids), progress=progress,
+        )  # fmt: skip
+    return connected_components(src, dst, rep_ids)
+
+
+def _graph_index(library: Library, feature: str, rep_ids: np.ndarray) -> VectorIndex | _Restricted:
+    """The library's own index, filtered when it also holds copies or images out of scope."""
     index = library.index(feature)
     if index.ntotal == len(rep_ids) and np.isin(rep_ids, index.ids()).all():
         return index

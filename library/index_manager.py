@@ -11,12 +11,20 @@ against. Anything else is rebuilt from the store.
 Only a writer, under the library's write lock, saves files (`refresh`, `rebuild`); a reader that
 had to catch up or rebuild keeps the result in memory and saves it only if the lock is free.
 The generation moves only when vectors change, so a no-op ingest touches no file.
+
+Builds hold at most `build_memory` bytes of vectors (env VITDEX_INDEX_BUILD_MEMORY_MB, default
+1024): an IVF index whose vectors would take more (past ~350k vectors at 768-d with the
+default) is built on disk from pages of the store (vitdex.index.ondisk); Flat and HNSW, which
+need every vector in memory, are built in memory whatever their size.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +42,8 @@ log = logging.getLogger(__name__)
 
 KIND_KEY = "index_kind.{feature}"
 _FILE = re.compile(r"^(?P<feature>[\w-]+)\.g(?P<generation>\d+)\.faiss$")
+_BUILD_DIR = re.compile(r"^\.build-(?P<pid>\d+)-[0-9a-f]{16}$")
+BUILD_MEMORY_ENV = "VITDEX_INDEX_BUILD_MEMORY_MB"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +68,18 @@ class IndexSaveError(LibraryError):
 class IndexManager:
     """Keeps each feature's FAISS index in step with the store."""
 
-    def __init__(self, store: Store, folder: Path):
+    def __init__(self, store: Store, folder: Path, *, build_memory: int | None = None):
+        from vitdex.index.ondisk import BUILD_MEMORY
+
         self.store = store
         self.folder = Path(folder)
         self._loaded: dict[str, _Loaded] = {}
         self.builds = 0  # full builds from the store in this process (tests count them)
+        self.ondisk_builds = 0  # of which on disk
+        if build_memory is None:
+            env = os.environ.get(BUILD_MEMORY_ENV)
+            build_memory = int(float(env) * 2**20) if env else BUILD_MEMORY
+        self.build_memory = build_memory
 
     # --- files ----------------------------------------------------------------------------------
     def files(self, feature: str) -> list[IndexFile]:
@@ -232,12 +249,50 @@ class IndexManager:
     def _build(self, feature: str, state: LibraryState, spec: StoredSpec, kind: str) -> _Loaded:
         from vitdex.index.vector_index import VectorIndex, choose_kind
 
-        ids, vectors = self.store.vectors.of_images(spec, feature)
-        wanted = choose_kind(len(ids)) if kind == "auto" else kind
-        log.info("building %s index of %d %s vectors", wanted, len(ids), feature)
-        index = VectorIndex.build(ids, vectors, kind=wanted)
+        n = self.store.vectors.count(spec, feature)
+        wanted = choose_kind(n) if kind == "auto" else kind
+        if wanted.startswith("ivf") and n * spec.dim_of(feature) * 4 > self.build_memory:
+            index = self._build_on_disk(feature, spec, wanted, n)
+        else:
+            ids, vectors = self.store.vectors.of_images(spec, feature)
+            log.info("building %s index of %d %s vectors", wanted, len(ids), feature)
+            index = VectorIndex.build(ids, vectors, kind=wanted)
         self.builds += 1
         return _Loaded(index, state.generation, state.token, saved=False)
+
+    def _build_on_disk(self, feature: str, spec: StoredSpec, kind: str, n: int) -> VectorIndex:
+        """Build in pages from the store (inside the caller's snapshot), shards in a private
+        folder under the index folder, removed at the end (or by a writer's `_clean` after a
+        crash)."""
+        from vitdex.index.ondisk import PagedVectors, build_ivf_on_disk
+        from vitdex.storage.vectors import PAGE
+
+        page = int(min(PAGE, max(1000, self.build_memory // (spec.dim_of(feature) * 4 * 8))))
+        log.info(
+            "building %s index of %d %s vectors on disk (pages of %d, memory %d MB)",
+            kind, n, feature, page, self.build_memory >> 20,
+        )  # fmt: skip
+        vectors = self.store.vectors
+        all_ids = vectors.image_ids(spec, feature)  # 8 bytes per image: positions -> ids
+
+        def rows(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return vectors.of_image_ids(spec, feature, all_ids[positions])
+
+        def pages():
+            return ((p.ids, p.vectors) for p in vectors.iter_pages(spec, feature, page))
+
+        source = PagedVectors(n=len(all_ids), dim=spec.dim_of(feature), pages=pages, rows=rows)
+        workdir = self.folder / f".build-{os.getpid()}-{os.urandom(8).hex()}"
+        try:
+            workdir.mkdir(parents=True)
+        except OSError:  # a read-only library: a reader builds in the system's temp folder
+            workdir = Path(tempfile.mkdtemp(prefix="vitdex-build-"))
+        try:
+            index = build_ivf_on_disk(source, kind, workdir, memory=self.build_memory, page=page)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        self.ondisk_builds += 1
+        return index
 
     @staticmethod
     def _outgrown(index: VectorIndex, count: int) -> bool:
@@ -279,3 +334,21 @@ class IndexManager:
                 sidecar_path(file.path).unlink(missing_ok=True)
         for path in remove_temp_files(self.folder):
             log.info("removed %s, left by an interrupted save", path.name)
+        for path in self.folder.iterdir() if self.folder.is_dir() else ():
+            match = _BUILD_DIR.match(path.name)
+            if match and path.is_dir() and not _alive(int(match["pid"])):
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed %s, left by an interrupted build", path.name)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs (a build folder of a live process is in use)."""
+    if pid == os.getpid() or os.name == "nt":  # Windows: os.kill(pid, 0) would signal it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours (PermissionError), or cannot tell
+        return True
+    return True

@@ -224,18 +224,26 @@ class Library:
             return self.indexes.rebuild(feature, kind)
 
     def evaluate_index(self, feature: str, *, sample: int = 1000, k: int = 10) -> dict:
-        """recall@k of the feature's current index against exact search over the stored vectors."""
-        from vitdex.index.evaluate import recall_at_k
+        """recall@k of the feature's current index against exact search over the stored vectors,
+        streamed in pages (memory: one page and the queries, not every vector)."""
+        import numpy as np
 
-        index = self.index(feature)
-        ids, vectors = self.store.vectors.of_images(self.require_spec(), feature)
-        if not len(ids):
-            raise LibraryError("the library holds no images: there is nothing to evaluate")
-        n = min(sample, len(ids))
+        from vitdex.index.evaluate import recall_at_k_paged
+
+        spec = self.require_spec()
+        with self.store.snapshot():
+            index = self.index(feature)
+            all_ids = self.store.vectors.image_ids(spec, feature)
+            if not len(all_ids):
+                raise LibraryError("the library holds no images: there is nothing to evaluate")
+            n = min(sample, len(all_ids))
+            rows = np.sort(np.random.default_rng(0).choice(len(all_ids), n, replace=False))
+            q_ids, queries = self.store.vectors.of_image_ids(spec, feature, all_ids[rows])
+            pages = ((p.ids, p.vectors) for p in self.store.vectors.iter_pages(spec, feature))
+            recall = recall_at_k_paged(index, q_ids, queries, pages, k=k)
         return {
             "feature": feature, "kind": index.kind, "vectors": index.ntotal, "k": k,
-            "sample": n, "recall": recall_at_k(index, vectors, ids, sample=n, k=k),
-            "params": index.params,
+            "sample": n, "recall": recall, "params": index.params,
         }  # fmt: skip
 
     # --- the operations ---

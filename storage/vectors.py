@@ -3,7 +3,7 @@ numpy arrays, so reading N vectors holds N vectors once, never a list of rows be
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,14 @@ class Changes:
     removed: np.ndarray  # images removed after it
 
 
+@dataclass(frozen=True, slots=True)
+class VectorPage:
+    """One page of (image id, vector) rows, by ascending image id."""
+
+    ids: np.ndarray  # int64 (n,)
+    vectors: np.ndarray  # float32 (n, dim)
+
+
 class Vectors:
     """The store's statements about vectors."""
 
@@ -58,6 +66,71 @@ class Vectors:
                 for content_id, vectors in rows for name, vector in vectors.items()
             ])  # fmt: skip
 
+    def _where(self, spec: StoredSpec, feature: str, after_generation: int | None,
+               under: str | None) -> list:  # fmt: skip
+        from vitdex.storage.images import _under
+
+        where = [Vector.spec_id == spec.id, Vector.feature == feature]
+        if after_generation is not None:
+            where.append(Image.generation > after_generation)
+        if under is not None:
+            where.append(_under(Image.path, under))
+        return where
+
+    def count(
+        self,
+        spec: StoredSpec,
+        feature: str,
+        *,
+        after_generation: int | None = None,
+        under: str | None = None,
+    ) -> int:
+        """How many images have a vector of this feature (the N that `iter_pages` yields)."""
+        where = self._where(spec, feature, after_generation, under)
+        with self.store.snapshot() as s:
+            return int(s.scalar(
+                select(func.count()).select_from(Image)
+                .join(Vector, Vector.content_id == Image.content_id).where(*where)
+            ))  # fmt: skip
+
+    def iter_pages(
+        self,
+        spec: StoredSpec,
+        feature: str,
+        page: int = PAGE,
+        *,
+        after_generation: int | None = None,
+        under: str | None = None,
+        after_id: int = 0,
+    ) -> Iterator[VectorPage]:
+        """(image ids, vectors) pages of at most `page` rows, by image id, so a caller holds one
+        page at a time whatever N is. Keyset paging (`id > last`): each page is one indexed
+        range read, not an OFFSET that rescans. All pages come from one snapshot while the
+        iterator is consumed inside the caller's `store.snapshot()`; otherwise each page is its
+        own read (a concurrent writer may then be seen part way)."""
+        if page < 1:
+            raise ValueError(f"page must be >= 1, got {page}")
+        where = self._where(spec, feature, after_generation, under)
+        last = after_id
+        while True:
+            with self.store.snapshot() as s:
+                rows = s.execute(
+                    select(Image.id, Vector.data)
+                    .join(Vector, Vector.content_id == Image.content_id)
+                    .where(*where, Image.id > last).order_by(Image.id).limit(page)
+                ).all()  # fmt: skip
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(
+                len(rows), spec.dim_of(feature)
+            )
+            del rows
+            last = int(ids[-1])
+            yield VectorPage(ids, vectors)
+            if len(ids) < page:
+                return
+
     def of_images(
         self,
         spec: StoredSpec,
@@ -67,37 +140,53 @@ class Vectors:
         under: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(image ids, vectors) of every image (or those set after a generation), by id."""
-        from vitdex.storage.images import _under
-
-        where = [Vector.spec_id == spec.id, Vector.feature == feature]
-        dim = spec.dim_of(feature)
-        if after_generation is not None:
-            where.append(Image.generation > after_generation)
-        if under is not None:
-            where.append(_under(Image.path, under))
-        with self.store.snapshot() as s:
-            n = s.scalar(
-                select(func.count()).select_from(Image)
-                .join(Vector, Vector.content_id == Image.content_id).where(*where)
-            )  # fmt: skip
+        with self.store.snapshot():
+            n = self.count(spec, feature, after_generation=after_generation, under=under)
             ids = np.empty(n, np.int64)
-            out = np.empty((n, dim), np.float32)
-            filled, last = 0, 0
-            while filled < n:
+            out = np.empty((n, spec.dim_of(feature)), np.float32)
+            filled = 0
+            for part in self.iter_pages(
+                spec, feature, after_generation=after_generation, under=under
+            ):
+                end = filled + len(part.ids)
+                if end > n:  # cannot happen inside one snapshot; guards a misuse
+                    raise StorageError(f"{self.store.folder}: vectors changed while read")
+                ids[filled:end], out[filled:end] = part.ids, part.vectors
+                filled = end
+        return ids[:filled], out[:filled]
+
+    def of_image_ids(
+        self, spec: StoredSpec, feature: str, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of these images that have a vector, by id, in preallocated arrays
+        (e.g. a training sample or query rows); ids without one are left out."""
+        want = np.unique(np.asarray(ids, np.int64))
+        out_ids = np.empty(len(want), np.int64)
+        out = np.empty((len(want), spec.dim_of(feature)), np.float32)
+        filled = 0
+        with self.store.snapshot() as s:
+            for part in chunks(want.tolist(), 5000):
                 rows = s.execute(
                     select(Image.id, Vector.data)
                     .join(Vector, Vector.content_id == Image.content_id)
-                    .where(*where, Image.id > last).order_by(Image.id).limit(PAGE)
+                    .where(Image.id.in_(part), Vector.spec_id == spec.id,
+                           Vector.feature == feature).order_by(Image.id)
                 ).all()  # fmt: skip
-                if not rows:
-                    break
-                end = filled + len(rows)
-                ids[filled:end] = [r[0] for r in rows]
-                out[filled:end] = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(
-                    len(rows), dim
-                )
-                filled, last = end, rows[-1][0]
-        return ids[:filled], out[:filled]
+                for r in rows:
+                    out_ids[filled] = r[0]
+                    out[filled] = np.frombuffer(r[1], "<f4")
+                    filled += 1
+        order = np.argsort(out_ids[:filled], kind="stable")
+        return out_ids[:filled][order], out[:filled][order]
+
+    def image_ids(self, spec: StoredSpec, feature: str) -> np.ndarray:
+        """Every image id with a vector of this feature, ascending (8 bytes per image)."""
+        with self.store.snapshot() as s:
+            return np.fromiter(
+                s.scalars(select(Image.id).join(Vector, Vector.content_id == Image.content_id)
+                          .where(Vector.spec_id == spec.id, Vector.feature == feature)
+                          .order_by(Image.id)), np.int64,
+            )  # fmt: skip
 
     def changes_since(self, spec: StoredSpec, feature: str, generation: int) -> Changes:
         with self.store.snapshot() as s:
