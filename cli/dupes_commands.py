@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from vitdex.cli.common import (
+    Cosine,
     emit_json,
     feature_option,
     json_option,
@@ -18,9 +19,9 @@ from vitdex.cli.common import (
 @library_option
 @click.option(
     "--threshold",
-    type=click.FloatRange(-1.0, 1.0),
+    type=Cosine(),
     default=None,
-    help="Cosine at or above which two images are near duplicates (default: calibrated"
+    help="Cosine (-1 to 1) at or above which two images are near duplicates (default: calibrated"
     " from the library's own scores, see docs/dupes.md).",
 )
 @feature_option()
@@ -88,7 +89,7 @@ def dupes(library_path, threshold, feature, under, k, list_others, null, as_json
         emit_json(data)
         return
     if not data["groups"]:
-        click.echo("no duplicates")
+        click.echo("no duplicates", err=True)
     for number, group in enumerate(data["groups"], 1):
         click.echo(f"group {number} ({group['kind']}, {len(group['members'])} images)")
         for member in group["members"]:

@@ -138,3 +138,31 @@ def test_a_failed_first_ingest_leaves_a_library_that_says_it_is_empty(photo_dir,
     out = run("ingest", photo_dir, "--library", lib, "--model", tmp_path / "no-model", expect=1)
     assert "no-model" in out
     assert "the library is empty" in run("status", "--library", lib)
+
+
+@pytest.mark.parametrize("threshold", ["nan", "2", "-3"])
+def test_dupes_threshold_is_range_checked(tiny_model, photo_dir, lib, threshold):
+    ingest(lib, photo_dir, model=tiny_model)
+    result = CliRunner().invoke(main, ["dupes", "--library", str(lib), "--threshold", threshold])
+    assert result.exit_code == 2
+
+
+def test_no_duplicates_goes_to_stderr(tiny_model, photo_dir, lib):
+    ingest(lib, photo_dir, model=tiny_model)
+    result = CliRunner().invoke(main, ["dupes", "--library", str(lib), "--threshold", "1"])
+    assert result.exit_code == 0 and result.stdout == "" and "no duplicates" in result.stderr
+
+
+def test_library_methods_have_explicit_signatures():
+    import inspect
+
+    for method, names in (
+        (Library.search, {"k", "feature", "min_score", "under", "allowed_ids", "tag"}),
+        (Library.ingest, {"model", "device", "runtime", "dry_run", "wait", "prune", "features"}),
+    ):
+        parameters = inspect.signature(method).parameters
+        assert names <= set(parameters), names - set(parameters)
+        assert not any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        assert "see" not in (method.__doc__ or "").lower().split()[:3]
+    with pytest.raises(TypeError, match="kk"):
+        Library.search(None, "x.jpg", kk=3)  # a typo fails naming itself
