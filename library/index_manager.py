@@ -97,27 +97,22 @@ class IndexManager:
         return self.store.get_meta(KIND_KEY.format(feature=feature), "auto")
 
     def describe(self, feature: str, state: LibraryState) -> dict:
-        """What status shows of a feature's newest file, read from its sidecar only."""
+        """What status shows of a feature's newest file: its sidecar, and a cheap check (size
+        and tag, no FAISS) that the index file is the one the sidecar describes."""
         from vitdex.index.errors import IndexFileError
-        from vitdex.index.vector_index import read_sidecar
+        from vitdex.index.vector_index import read_header
 
         entry: dict = {"preferred": self.preferred_kind(feature), "file": None}
         for file in self.files(feature):
             try:
-                sidecar = read_sidecar(file.path)
+                sidecar = read_header(file.path)
             except IndexFileError as exc:
                 entry.update(file=str(file.path), error=f"{exc} (rebuilt on the next ingest)")
                 return entry
             meta = sidecar.get("meta", {})
-            size = file.path.stat().st_size if file.path.exists() else None
-            if size != sidecar.get("bytes"):
-                entry.update(file=str(file.path), error=f"{file.path.name} is corrupt or"
-                             f" incomplete: {size} bytes, its sidecar says {sidecar.get('bytes')}"
-                             " (rebuilt on the next ingest)")  # fmt: skip
-                return entry
             entry.update(
                 file=str(file.path), kind=sidecar["kind"], vectors=sidecar["ntotal"],
-                bytes=size, params=sidecar["params"],
+                bytes=sidecar["bytes"], params=sidecar["params"],
                 up_to_date=self._matches(meta, state) and meta.get("generation") == state.generation
                 and meta.get("count") == state.count,
             )  # fmt: skip
