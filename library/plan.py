@@ -100,16 +100,12 @@ class RunState:
     failed_earlier: list[FailedFile] = field(default_factory=list)
 
 
-def needs_hash(found: FoundFile, known: Known, state: RunState) -> bool:
+def needs_hash(found: FoundFile, known: Known) -> bool:
     """Whether the file must be hashed to be classified (anything not plainly unchanged)."""
     image = known.images.get(found.path)
-    if found.problem is not None:
+    if found.problem is not None or (image is not None and _same_facts(image, found.file)):
         return False
-    if image is not None and _same_facts(image, found.file):
-        return False
-    failure = known.failures.get(found.path)
-    return not (failure and (failure.size, failure.mtime_ns) == (found.file.size,
-                                                                  found.file.mtime_ns))  # fmt: skip
+    return not _failed_unchanged(known.failures.get(found.path), found.file)
 
 
 def classify(
@@ -125,7 +121,7 @@ def classify(
     if image is not None and _same_facts(image, found.file):
         state.unchanged += 1
         return None
-    if failure and (failure.size, failure.mtime_ns) == (found.file.size, found.file.mtime_ns):
+    if _failed_unchanged(failure, found.file):
         state.failed_earlier.append(failure)
         return None
     if found.problem is not None:
@@ -154,6 +150,11 @@ def _content(
         return Link(file, sha, image_id)
     state.pending.add(sha)
     return EmbedJob(file, sha, image_id)
+
+
+def _failed_unchanged(failure: FailedFile | None, file: FileIdentity) -> bool:
+    """It failed before and has not changed since: not retried, still listed by status."""
+    return failure is not None and (failure.size, failure.mtime_ns) == (file.size, file.mtime_ns)
 
 
 def _same_facts(image: StoredImage, file: FileIdentity) -> bool:
@@ -214,7 +215,7 @@ class Planner:
         # that are not images by name or content; then look the contents up in two queries.
         todo = [
             f for f in chunk
-            if needs_hash(f, known, self.state) and (f.claims_image or self._sniff(f.path))
+            if needs_hash(f, known) and (f.claims_image or self._sniff(f.path))
         ]  # fmt: skip
         paths_to_hash = [f.path for f in todo]
         hashes = dict(zip(paths_to_hash, hasher.map(_sha256_or_error, paths_to_hash), strict=True))
