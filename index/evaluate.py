@@ -42,7 +42,6 @@ def recall_at_k(
 
 def recall_at_k_paged(
     index: VectorIndex,
-    query_ids: np.ndarray,
     queries: np.ndarray,
     pages: Iterable[tuple[np.ndarray, np.ndarray]],
     k: int = 10,
@@ -50,8 +49,7 @@ def recall_at_k_paged(
     """`recall_at_k` with the exact top-k computed over `pages` of (ids, vectors) as they
     stream by (a running top-k per query), so memory is one page, not every vector.
 
-    `queries` (with ids `query_ids`) are vectors of the pages; nothing is excluded, as in
-    `recall_at_k`."""
+    `queries` are vectors of the pages; nothing is excluded, as in `recall_at_k`."""
     import faiss
 
     q = normalize(queries, index.dim)

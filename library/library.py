@@ -226,8 +226,6 @@ class Library:
     def evaluate_index(self, feature: str, *, sample: int = 1000, k: int = 10) -> dict:
         """recall@k of the feature's current index against exact search over the stored vectors,
         streamed in pages (memory: one page and the queries, not every vector)."""
-        import numpy as np
-
         from vitdex.index.evaluate import recall_at_k_paged
 
         spec = self.require_spec()
@@ -238,9 +236,9 @@ class Library:
                 raise LibraryError("the library holds no images: there is nothing to evaluate")
             n = min(sample, len(all_ids))
             rows = np.sort(np.random.default_rng(0).choice(len(all_ids), n, replace=False))
-            q_ids, queries = self.store.vectors.of_image_ids(spec, feature, all_ids[rows])
+            _, queries = self.store.vectors.of_image_ids(spec, feature, all_ids[rows])
             pages = ((p.ids, p.vectors) for p in self.store.vectors.iter_pages(spec, feature))
-            recall = recall_at_k_paged(index, q_ids, queries, pages, k=k)
+            recall = recall_at_k_paged(index, queries, pages, k=k)
         return {
             "feature": feature, "kind": index.kind, "vectors": index.ntotal, "k": k,
             "sample": n, "recall": recall, "params": index.params,
