@@ -28,7 +28,12 @@ OPSET = 17
 
 
 def int8_session(
-    net: Any, cache_dir: Path, key: str, *, image_size: tuple[int, int], with_pooler: bool,
+    net: Any,
+    cache_dir: Path,
+    key: str,
+    *,
+    image_size: tuple[int, int],
+    with_pooler: bool,
     threads: int,
 ) -> Int8Session:
     """The cached quantized model for `key`, exported from `net` first when it is missing."""
@@ -110,9 +115,7 @@ def _export_int8(net: Any, path: Path, *, image_size: tuple[int, int], with_pool
                 output_names=names,
                 dynamic_axes={name: {0: "batch"} for name in ["pixel_values", *names]},
             )
-            quantize_dynamic(
-                str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True
-            )
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
         os.replace(int8, path)  # atomic: a crash leaves no half-written model behind
 
 
