@@ -294,6 +294,8 @@ def status(library_path, as_json):
         emit_json(data)
         return
     click.echo(f"library   {data['library']}")
+    if data["read_only"]:
+        click.echo(f"access    read-only: {data['read_only_reason']}")
     click.echo(f"images    {data['images']} ({data['distinct_contents']} distinct contents)")
     if data["spec"] is None:
         click.echo("model     none yet: the library is empty (run `vitdex ingest PATH`)")

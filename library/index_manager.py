@@ -136,7 +136,7 @@ class IndexManager:
             if loaded is None:
                 loaded = self._build(feature, state, spec, self.preferred_kind(feature))
         self._loaded[feature] = loaded
-        if not loaded.saved and not self.store.read_only:
+        if not loaded.saved:  # even a read-only database's reader may keep files in its folder
             lock = try_write_lock(self.store.folder)
             if lock is not None:
                 try:

@@ -19,7 +19,6 @@ from vitdex.library.index_manager import IndexManager
 from vitdex.library.lock import shared_write_lock, write_lock
 from vitdex.storage import (
     FailedFile,
-    ReadOnlyLibraryError,
     Store,
     StoredImage,
     StoredPrediction,
@@ -86,8 +85,7 @@ class Library:
     def writing(self, *, wait: bool = False) -> Iterator[None]:
         """The library's write lock, held by every writer (never needed to read). Reentrant
         within this Library: a writer may call another writer (probe train ingests)."""
-        if self.read_only:
-            raise ReadOnlyLibraryError(f"library {self.folder} is read-only: it cannot be changed")
+        self.store.check_writable()
         if self._writing:
             yield
             return

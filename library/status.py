@@ -27,6 +27,7 @@ def status(library: Library) -> dict:
     return {
         "library": str(library.folder),
         "read_only": library.read_only,
+        "read_only_reason": library.store.read_only_reason,
         "schema_version": SCHEMA_VERSION,
         "images": state.count,
         "distinct_contents": contents,

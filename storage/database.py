@@ -9,8 +9,9 @@ Every transaction is explicit, and both databases take the same code path:
 - The schema is an Alembic history (storage/migrations/), one revision per schema version, each
   in its own transaction, run by one process at a time (a file lock beside a SQLite database, a
   session-level advisory lock on PostgreSQL).
-A SQLite library whose files cannot be written is opened read-only: status, search and serve
-work, writes are refused.
+A library that cannot be written is opened read-only (status, search and serve work, writes are
+refused): SQLite files this user may not write, or a PostgreSQL role without INSERT, UPDATE and
+DELETE on every vitdex table (or a server that accepts no writes, such as a standby).
 """
 
 from __future__ import annotations
@@ -185,12 +186,13 @@ def database_path(folder: Path) -> Path:
     return Path(folder) / DATABASE_NAME
 
 
-def is_read_only(folder: Path) -> bool:
-    path = database_path(folder)
-    return not (os.access(folder, os.W_OK) and os.access(path, os.W_OK))
+def _sqlite_read_only_reason(folder: Path) -> str | None:
+    if os.access(folder, os.W_OK) and os.access(database_path(folder), os.W_OK):
+        return None
+    return "this user may not write its files"
 
 
-def _open_sqlite(folder: Path, *, create: bool) -> tuple[Engine, bool]:
+def _open_sqlite(folder: Path, *, create: bool) -> tuple[Engine, str | None]:
     if folder.exists() and not folder.is_dir():
         raise StorageError(f"{folder} is a file, not a library folder")
     path = database_path(folder)
@@ -200,7 +202,8 @@ def _open_sqlite(folder: Path, *, create: bool) -> tuple[Engine, bool]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise StorageError(f"cannot create library folder {folder}: {error.strerror}") from None
-    read_only = path.exists() and is_read_only(folder)
+    reason = _sqlite_read_only_reason(folder) if path.exists() else None
+    read_only = reason is not None
     if read_only:
         # A read-only WAL database opens when its -shm file exists; else it is opened as
         # immutable, which is right: nobody can be writing a library nobody may write.
@@ -222,7 +225,7 @@ def _open_sqlite(folder: Path, *, create: bool) -> tuple[Engine, bool]:
     except StorageError:
         engine.dispose()
         raise
-    return engine, read_only
+    return engine, reason
 
 
 def _migrate_sqlite(engine: Engine, *, where: str, read_only: bool) -> None:
@@ -280,7 +283,26 @@ def postgres_url(database: str):
     return url
 
 
-def _open_postgres(database: str, *, create: bool) -> Engine:
+def _postgres_read_only_reason(conn: Connection) -> str | None:
+    """Why this connection may not write the library, or None: a server in recovery (a standby)
+    or read-only by default, or a role without INSERT, UPDATE and DELETE on every vitdex table."""
+    from vitdex.storage.models import Base
+
+    if conn.scalar(select(func.pg_is_in_recovery())):
+        return "the server is a standby that accepts no writes"
+    if conn.scalar(select(func.current_setting("default_transaction_read_only"))) == "on":
+        return "the server's transactions are read-only by default"
+    checks = [
+        func.has_table_privilege(name, privilege)
+        for name in Base.metadata.tables
+        for privilege in ("INSERT", "UPDATE", "DELETE")
+    ]
+    if not all(conn.execute(select(*checks)).one()):
+        return f"database role {conn.scalar(select(func.current_user()))} may not write it"
+    return None
+
+
+def _open_postgres(database: str, *, create: bool) -> tuple[Engine, str | None]:
     url = postgres_url(database)
     shown = url.render_as_string(hide_password=True)
     try:
@@ -303,7 +325,9 @@ def _open_postgres(database: str, *, create: bool) -> Engine:
                         f"no vitdex library in {shown} (run `vitdex ingest --database URL` to"
                         " create one)"
                     )
-                if _check_version(version, where=shown, read_only=False):
+                reason = None if version is None else _postgres_read_only_reason(conn)
+                conn.rollback()
+                if _check_version(version, where=shown, read_only=reason is not None):
                     upgrade(conn.execution_options(**{WRITE: True}))
             finally:
                 conn.rollback()
@@ -315,20 +339,22 @@ def _open_postgres(database: str, *, create: bool) -> Engine:
     except StorageError:
         engine.dispose()
         raise
-    return engine
+    return engine, reason
 
 
 # --- both -----------------------------------------------------------------------------------------
-def open_engine(folder: Path, *, database: str | None = None, create: bool) -> tuple[Engine, bool]:
-    """(engine, read_only) on the library's database, migrated to the newest schema: the SQLite
-    file in `folder`, or the PostgreSQL database at the URL `database`."""
+def open_engine(
+    folder: Path, *, database: str | None = None, create: bool
+) -> tuple[Engine, str | None]:
+    """(engine, why it is read-only or None) on the library's database, migrated to the newest
+    schema: the SQLite file in `folder`, or the PostgreSQL database at the URL `database`."""
     if database:
-        engine = _open_postgres(database, create=create)
+        engine, reason = _open_postgres(database, create=create)
         try:  # this machine's index files and caches
             Path(folder).mkdir(parents=True, exist_ok=True)
         except OSError as error:
             log.warning("cannot create library folder %s: %s", folder, error.strerror)
-        return engine, False
+        return engine, reason
     return _open_sqlite(Path(folder), create=create)
 
 

@@ -88,7 +88,9 @@ class Store:
         from vitdex.storage.vectors import Vectors
 
         self.folder = Path(folder)
-        self.engine, self.read_only = open_engine(self.folder, database=database, create=create)
+        self.engine, self.read_only_reason = open_engine(
+            self.folder, database=database, create=create
+        )
         # Where the database is, for messages: the folder, or the URL without its password.
         self.location = (
             postgres_url(database).render_as_string(hide_password=True)
@@ -110,6 +112,17 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @property
+    def read_only(self) -> bool:
+        return self.read_only_reason is not None
+
+    def check_writable(self) -> None:
+        """Raise ReadOnlyLibraryError, saying why, when this library may not be changed."""
+        if self.read_only_reason is not None:
+            raise ReadOnlyLibraryError(
+                f"library {self.location} is read-only: {self.read_only_reason}"
+            )
 
     @property
     def shared(self) -> bool:
@@ -182,10 +195,7 @@ class Store:
                 raise RuntimeError("a write transaction cannot start inside a read snapshot")
             yield current
             return
-        if self.read_only:
-            raise ReadOnlyLibraryError(
-                f"library {self.location} is read-only: it cannot be changed"
-            )
+        self.check_writable()
         with self._guard(), self._writes.begin() as session:
             self._local.session, self._local.writing = session, True
             try:

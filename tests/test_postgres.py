@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import make_url
 
 from tests.photos import make_photo
 from tests.test_ingest import run
@@ -188,3 +189,45 @@ def test_database_errors_are_one_line(postgres_database, tmp_path):
     with_password = postgres_database.replace("postgres@", "postgres:secret@")
     out = run("status", "--library", tmp_path, "--database", with_password + "_x", expect=1)
     assert "secret" not in out
+
+
+@pytest.fixture
+def reader_url(shared, postgres_server, tmp_path) -> str:
+    """The URL of a role that may read the shared database, not write it."""
+    role = f"vitdex_reader_{os.getpid()}"
+    Library.open(tmp_path / "setup", create=True).close()  # the tables, before the GRANT
+    owner = create_engine(shared, isolation_level="AUTOCOMMIT")
+    with postgres_server.connect() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+    with owner.connect() as conn:
+        conn.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    yield make_url(shared).set(username=role).render_as_string(hide_password=False)
+    with owner.connect() as conn:
+        conn.exec_driver_sql(f"DROP OWNED BY {role}")
+    owner.dispose()
+    with postgres_server.connect() as conn:
+        conn.exec_driver_sql(f"DROP ROLE {role}")
+
+
+def test_a_role_that_may_only_read_opens_the_library_read_only(
+    shared, reader_url, tiny_model, tmp_path
+):
+    folder = photos(tmp_path / "photos", range(3))
+    run("ingest", folder, "--library", tmp_path / "writer", "--model", tiny_model, "--json")
+    reader = tmp_path / "reader"  # another machine, its own folder for index files
+    with Library.open(reader, database=reader_url) as library:
+        assert library.read_only
+        assert library.index("cls").ntotal == 3
+        assert [file.generation for file in library.indexes.files("cls")] == [1]  # cached here
+    status = run("status", "--library", reader, "--database", reader_url, "--json")
+    assert status["read_only"] and status["images"] == 3 and status["index"]["cls"]["up_to_date"]
+    text = run("status", "--library", reader, "--database", reader_url)
+    assert f"read-only: database role {make_url(reader_url).username} may not write it" in text
+    hits = run("search", folder / "p1.jpg", "--library", reader, "--database", reader_url,
+               "--json")  # fmt: skip
+    assert sorted(hit["path"] for hit in hits["results"]) == [
+        str(folder / "p0.jpg"), str(folder / "p2.jpg")
+    ]  # fmt: skip
+    photos(folder, range(3, 4))
+    out = run("ingest", folder, "--library", reader, "--database", reader_url, expect=1)
+    assert "read-only" in out and "may not write" in out and len(out.strip().splitlines()) == 1
