@@ -48,6 +48,7 @@ CRASH_MARKER_ENV = "VITDEX_RAY_CRASH_MARKER"
 """Test hook: when this names an existing file, an actor removes it and exits on its 2nd batch
 (once in the whole run), as a killed worker would."""
 _VECTOR_PREFIX = "vector_"
+CONNECT_TIMEOUT_S = 10  # to reach a cluster's head; Ray itself retries for minutes
 
 
 @dataclass
@@ -81,6 +82,7 @@ class RayExecutor:
             return
         started = not ray.is_initialized()
         if started:
+            _check_reachable(self.address or os.environ.get("RAY_ADDRESS"))
             try:
                 ray.init(address=self.address, include_dashboard=False, configure_logging=False,
                          log_to_driver=False)  # fmt: skip
@@ -252,6 +254,23 @@ def _crash_hook(batches: int) -> None:
             return
         log.warning("test hook: ray actor exits on its batch %d", batches)
         os._exit(1)
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail at once, in one line, when nothing answers at a "host:port" or "ray://host:port"
+    address ("auto" and None are Ray's to resolve: it fails fast when it finds no cluster)."""
+    if not address or "://" in address.removeprefix("ray://"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise EngineError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; is `ray start"
+            " --head` running there, and is the port open from this machine?"
+        ) from None
 
 
 def _import_ray() -> Any:
