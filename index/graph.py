@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 # Approximate kinds (SQ8/PQ) perturb scores; candidates within this margin below the threshold
 # are kept and then judged on the exact cosine recomputed from `vectors`.
 SCORE_MARGIN = 0.02
+# Lists joined with each list by `ivf_join`: its nearest centroids (measured in
+# docs/benchmarks.md, "Near duplicates at 1M").
+JOIN_NEIGHBOURS = 8
+RELEASE_EVERY = 256  # lists joined between two `release_pages` of a mapped index
 
 
 def knn_graph(
@@ -161,25 +165,192 @@ def knn_graph_paged(
         done += len(id_arr)
         if progress is not None:
             progress(done, n)
-    empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     if not pairs:
-        return empty
+        return _no_edges()
     edges = np.unique(np.concatenate(pairs), axis=0)
-    if not len(edges):
-        return empty
-    got_ids, got = vectors_of(np.unique(edges))
-    got = normalize(got, index.dim)
+    log.info("knn graph (paged): %d vectors, %d candidate pairs", done, len(edges))
+    return judge_pairs(edges, vectors_of, index.dim, threshold)
+
+
+def judge_pairs(
+    pairs: np.ndarray,
+    vectors_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    dim: int,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate `pairs` ((E, 2) ids, a < b) whose exact cosine is >= threshold, as
+    (src, dst, cosine); the vectors are read with `vectors_of(ids) -> (ids, vectors)`, and a
+    pair whose vector is missing there (removed meanwhile) is dropped."""
+    if not len(pairs):
+        return _no_edges()
+    got_ids, got = vectors_of(np.unique(pairs))
+    got = normalize(got, dim)
+    if not len(got_ids):
+        return _no_edges()
     order = np.argsort(got_ids, kind="stable")
     got_ids, got = got_ids[order], got[order]
-    a = np.searchsorted(got_ids, edges[:, 0])
-    b = np.searchsorted(got_ids, edges[:, 1])
-    a, b = np.minimum(a, len(got_ids) - 1), np.minimum(b, len(got_ids) - 1)
-    present = (got_ids[a] == edges[:, 0]) & (got_ids[b] == edges[:, 1])  # removed meanwhile
-    edges, a, b = edges[present], a[present], b[present]
+    a = np.minimum(np.searchsorted(got_ids, pairs[:, 0]), len(got_ids) - 1)
+    b = np.minimum(np.searchsorted(got_ids, pairs[:, 1]), len(got_ids) - 1)
+    present = (got_ids[a] == pairs[:, 0]) & (got_ids[b] == pairs[:, 1])
+    pairs, a, b = pairs[present], a[present], b[present]
     exact = np.einsum("ij,ij->i", got[a], got[b])
     ok = exact >= threshold
+    log.info("%d of %d candidate pairs have cosine >= %.4f", int(ok.sum()), len(pairs), threshold)
+    return pairs[ok, 0], pairs[ok, 1], exact[ok].astype(np.float32)
+
+
+def _no_edges() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+
+
+def ivf_join(
+    index: VectorIndex,
+    nodes: np.ndarray,
+    k: int,
+    threshold: float,
+    *,
+    neighbours: int = JOIN_NEIGHBOURS,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Candidate near-duplicate pairs ((E, 2) ids, a < b) among the `nodes` an IVF index holds,
+    found without searching it: each inverted list's vectors, decoded from their codes, are
+    multiplied (one BLAS product per pair of lists) with themselves and with the vectors of the
+    lists whose centroids are among the `neighbours` nearest to their own. Two near duplicates
+    lie close together, so in one list or in neighbouring ones.
+
+    A pair is a candidate when its decoded cosine is >= threshold - SCORE_MARGIN (judge it on
+    the exact vectors with `judge_pairs`), and only while it is among the k best candidates of
+    one of its two ids, so the pairs stay O(N * k) whatever the threshold.
+    """
+    if k < 1:
+        raise IndexInputError(f"k must be >= 1, got {k}")
+    node_ids = np.unique(_as_ids(nodes))
+    sizes = index.list_sizes()
+    lists = np.flatnonzero(sizes)
+    if not len(lists) or not len(node_ids):
+        return np.empty((0, 2), np.int64)
+    partners = _neighbour_lists(normalize(index.centroids[lists], index.dim), neighbours)
+    found = _Candidates(k)
+    total, done = int(sizes.sum()), 0
+    for i, lst in enumerate(lists.tolist()):
+        ids_a, xa = _node_vectors(index, lst, node_ids)
+        for j in partners[i]:
+            ids_b, xb = (ids_a, xa) if j == i else _node_vectors(index, int(lists[j]), node_ids)
+            if len(ids_a) and len(ids_b):
+                found.add_block(ids_a, xa, ids_b, xb, threshold - SCORE_MARGIN, same=j == i)
+        done += int(sizes[lst])
+        if i % RELEASE_EVERY == RELEASE_EVERY - 1:
+            index.release_pages()  # a mapped file: RSS holds the lists read lately, not all
+        if progress is not None:
+            progress(done, total)
+    index.release_pages()
+    pairs = found.pairs()
     log.info(
-        "knn graph (paged): %d vectors, %d candidates, %d edges with cosine >= %.3f",
-        done, len(edges), int(ok.sum()), threshold,
+        "ivf join: %d vectors in %d lists, %d list pairs, %d candidate pairs",
+        total, len(lists), sum(map(len, partners)), len(pairs),
     )  # fmt: skip
-    return edges[ok, 0], edges[ok, 1], exact[ok].astype(np.float32)
+    return pairs
+
+
+def _neighbour_lists(centroids: np.ndarray, neighbours: int) -> list[np.ndarray]:
+    """For each list (row of `centroids`), itself and every list j > i that is among its
+    `neighbours` nearest centroids or has it among its own: each pair of lists once."""
+    n = len(centroids)
+    m = min(neighbours, n - 1)
+    if m <= 0:
+        return [np.array([i]) for i in range(n)]
+    sims = centroids @ centroids.T
+    np.fill_diagonal(sims, -np.inf)
+    near = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+    a = np.repeat(np.arange(n), m)
+    b = near.ravel()
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    key = np.unique(lo * n + hi)
+    lo, hi = key // n, key % n
+    starts = np.searchsorted(lo, np.arange(n + 1))
+    return [np.concatenate([[i], hi[starts[i] : starts[i + 1]]]) for i in range(n)]
+
+
+def _node_vectors(
+    index: VectorIndex, lst: int, node_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, normalised decoded vectors) of one list's members that are nodes."""
+    ids, x = index.list_vectors(lst)
+    pos = np.minimum(np.searchsorted(node_ids, ids), len(node_ids) - 1)
+    keep = node_ids[pos] == ids
+    if not keep.all():
+        ids, x = ids[keep], x[keep]
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return ids, x / np.maximum(norms, 1e-12)
+
+
+class _Candidates:
+    """Candidate pairs with their scores, kept at the k best of either end (O(N * k))."""
+
+    REDUCE_AT = 4_000_000  # pairs held before the k-best rule is applied again
+
+    def __init__(self, k: int):
+        self.k = k
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.held = 0
+
+    def add_block(
+        self,
+        ids_a: np.ndarray,
+        xa: np.ndarray,
+        ids_b: np.ndarray,
+        xb: np.ndarray,
+        floor: float,
+        *,
+        same: bool,
+    ) -> None:
+        scores = xa @ xb.T
+        if same:
+            scores[np.tril_indices(len(ids_a))] = -np.inf  # each pair once, no self pairs
+        hits = scores >= floor
+        count = int(np.count_nonzero(hits))
+        if not count:
+            return
+        if count > self.k * (len(ids_a) + len(ids_b)):  # a dense block: each row's and column's
+            hits &= _top_k_mask(scores, self.k)  # k best are all the k-best rule can keep
+        r, c = np.nonzero(hits)
+        a, b = ids_a[r], ids_b[c]
+        self.parts.append((np.minimum(a, b), np.maximum(a, b), scores[r, c]))
+        self.held += len(r)
+        if self.held > self.REDUCE_AT:
+            self.parts = [self._reduced()]
+            self.held = len(self.parts[0][0])
+
+    def _reduced(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, b, s = (np.concatenate(column) for column in zip(*self.parts, strict=True))
+        keep = np.zeros(len(a), bool)
+        for end in (a, b):  # rank each pair among the pairs of this end, best first
+            order = np.lexsort((-s, end))
+            ends = end[order]
+            first = np.searchsorted(ends, ends)  # where each end's run starts
+            rank = np.arange(len(order)) - first
+            keep[order[rank < self.k]] = True
+        return a[keep], b[keep], s[keep]
+
+    def pairs(self) -> np.ndarray:
+        if not self.parts:
+            return np.empty((0, 2), np.int64)
+        a, b, _ = self._reduced()
+        return np.unique(np.column_stack([a, b]), axis=0)
+
+
+def _top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """True where a score is among its row's k best or its column's k best."""
+    mask = np.zeros(scores.shape, bool)
+    rows, cols = scores.shape
+    if cols > k:
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        mask[np.arange(rows)[:, None], top] = True
+    else:
+        mask[:] = True
+    if rows > k:
+        top = np.argpartition(-scores, k - 1, axis=0)[:k, :]
+        mask[top, np.arange(cols)[None, :]] = True
+    else:
+        mask[:] = True
+    return mask

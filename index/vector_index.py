@@ -18,6 +18,7 @@ import glob
 import json
 import logging
 import math
+import mmap
 import os
 import re
 import struct
@@ -60,6 +61,7 @@ PQ_MIN_VECTORS = MIN_POINTS_PER_LIST * 2**PQ_NBITS
 # Build-time calibration: the smallest nprobe / efSearch whose measured recall@10 reaches this.
 RECALL_TARGET = 0.98
 CALIBRATION_QUERIES = 200
+CALIBRATION_BATCH = 25  # queries per search while calibrating (a mapped index: see release_pages)
 HNSW_MIN_EF_SEARCH = 64
 
 
@@ -353,7 +355,12 @@ class VectorIndex:
         value = 1 if key == "nprobe" else min(HNSW_MIN_EF_SEARCH, n)
         measured: dict[int, float] = {}
         while True:
-            _, got = self._raw_search(q, k + 1, None, {key: value})
+            parts = []
+            for start in range(0, len(q), CALIBRATION_BATCH):
+                batch = q[start : start + CALIBRATION_BATCH]
+                parts.append(self._raw_search(batch, k + 1, None, {key: value})[1])
+                self.release_pages()  # a mapped file: its pages read so far leave our RSS
+            got = np.concatenate(parts)
             measured[value] = _recall_excluding(gt_ids, got, self_ids, k)
             log.debug("calibration %s=%d recall@%d=%.4f", key, value, k, measured[value])
             if measured[value] >= RECALL_TARGET or value >= top:
@@ -422,6 +429,46 @@ class VectorIndex:
 
         q = faiss.downcast_index(self._index.quantizer)
         return q.reconstruct_n(0, q.ntotal)
+
+    def release_pages(self) -> None:
+        """Let go of the pages of a memory-mapped IVF file that this process has read (they
+        stay in the OS page cache for the next reader). A mapping's pages count in the
+        process's RSS once touched, so a pass over many lists (calibration, the duplicate
+        join) would otherwise hold up to the whole file; a no-op for other indexes."""
+        if not self._mapped or not self.kind.startswith("ivf"):
+            return
+        import faiss
+
+        lists = faiss.downcast_InvertedLists(self._index.invlists)
+        size = int(lists.totsize)
+        if size and _madvise is not None:
+            _madvise(int(lists.ptr), size, mmap.MADV_DONTNEED)
+
+    def list_sizes(self) -> np.ndarray:
+        """Vectors per IVF inverted list (nlist,); IndexKindError for other kinds."""
+        if not self.kind.startswith("ivf"):
+            raise IndexKindError(f"a {self.kind} index has no inverted lists")
+        invlists = self._index.invlists
+        return np.array([invlists.list_size(lst) for lst in range(self._index.nlist)], np.int64)
+
+    def list_vectors(self, lst: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of one IVF inverted list, the vectors decoded from its codes (so
+        with the kind's quantisation error), read from the mapping without copying the list."""
+        import faiss
+
+        invlists = self._index.invlists
+        size = invlists.list_size(lst)
+        if not size:
+            return np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
+        code_size = invlists.code_size
+        ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy()
+        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * code_size)
+        # sa_decode reads each code behind its list number (little-endian, coarse_code_size).
+        width = self._index.coarse_code_size()
+        prefixed = np.empty((size, width + code_size), np.uint8)
+        prefixed[:, :width] = np.frombuffer(int(lst).to_bytes(width, "little"), np.uint8)
+        prefixed[:, width:] = codes.reshape(size, code_size)
+        return ids, self._index.sa_decode(prefixed)
 
     def set_search_params(self, **params: int) -> None:
         """Change the default nprobe (IVF) or efSearch (HNSW) stored with the index."""
@@ -1059,6 +1106,20 @@ def _crc(f: BinaryIO, size: int) -> int:
         crc = zlib.crc32(chunk, crc)
         left -= len(chunk)
     return crc
+
+
+def _libc_madvise() -> Callable[[int, int, int], int] | None:
+    """libc's madvise(addr, length, advice) where the platform has it (not Windows)."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    import ctypes
+
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return madvise
+
+
+_madvise = _libc_madvise()
 
 
 def _mmap_flags(kind: str) -> int:

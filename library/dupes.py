@@ -317,10 +317,12 @@ def _near_labels(
     progress: Callable[[int, int], None] | None,
 ) -> np.ndarray:
     """Near-group label per representative. While an exact index is cheap (choose_kind says
-    flat), a fresh one over the representatives' vectors; past that, the library's own index
-    queried with the vectors streamed in pages (knn_graph_paged), so memory stays one page
-    plus the candidate edges, never every vector."""
-    from vitdex.index.graph import connected_components, knn_graph_paged
+    flat), a fresh one over the representatives' vectors. Past that, the library's own index:
+    an IVF-SQ8 one (the auto kind) is joined list by list with its neighbouring lists
+    (ivf_join: no search at all); any other is queried with the vectors streamed in pages
+    (knn_graph_paged). Memory stays one list or page plus the candidate pairs, never every
+    vector; the candidates are judged on their exact vectors, read back by id."""
+    from vitdex.index.graph import connected_components, ivf_join, judge_pairs, knn_graph_paged
     from vitdex.index.vector_index import VectorIndex, choose_kind
 
     store = library.store
@@ -329,20 +331,29 @@ def _near_labels(
         index = VectorIndex.build(rep_ids, vectors, kind="flat")
         return near_components(index, rep_ids, vectors, threshold=threshold, k=k,
                                progress=progress)  # fmt: skip
+
+    def vectors_of(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return store.vectors.of_image_ids(spec, feature, ids)
+
     with store.snapshot():
-        index = _graph_index(library, feature, rep_ids)
-        scope = canonical(under) if under is not None else None
-        pages = ((p.ids, p.vectors) for p in store.vectors.iter_pages(spec, feature, under=scope))
-        src, dst, _ = knn_graph_paged(
-            index, pages, rep_ids, k, threshold,
-            lambda ids: store.vectors.of_image_ids(spec, feature, ids), progress=progress,
-        )  # fmt: skip
+        index = library.index(feature)
+        if index.kind == "ivfsq8":
+            pairs = ivf_join(index, rep_ids, k, threshold, progress=progress)
+            src, dst, _ = judge_pairs(pairs, vectors_of, index.dim, threshold)
+        else:
+            scope = canonical(under) if under is not None else None
+            pages = (
+                (p.ids, p.vectors) for p in store.vectors.iter_pages(spec, feature, under=scope)
+            )
+            src, dst, _ = knn_graph_paged(
+                _graph_index(index, rep_ids), pages, rep_ids, k, threshold, vectors_of,
+                progress=progress,
+            )  # fmt: skip
     return connected_components(src, dst, rep_ids)
 
 
-def _graph_index(library: Library, feature: str, rep_ids: np.ndarray) -> VectorIndex | _Restricted:
+def _graph_index(index: VectorIndex, rep_ids: np.ndarray) -> VectorIndex | _Restricted:
     """The library's own index, filtered when it also holds copies or images out of scope."""
-    index = library.index(feature)
     if index.ntotal == len(rep_ids) and np.isin(rep_ids, index.ids()).all():
         return index
     return _Restricted(index, rep_ids)

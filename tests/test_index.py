@@ -20,6 +20,7 @@ from vitdex.index import (
     knn_graph,
     recall_at_k,
 )
+from vitdex.index.graph import ivf_join, judge_pairs
 from vitdex.library.errors import VitdexError
 
 N, D = vi.PQ_MIN_VECTORS, 64  # the fewest vectors ivfpq trains on
@@ -203,6 +204,60 @@ def test_knn_graph_finds_planted_duplicates():
         exact = x @ x.T
         np.fill_diagonal(exact, -1)
         assert len(src) == int((np.triu(exact) >= threshold).sum())
+
+
+def test_ivf_join_finds_what_the_search_finds_without_searching(monkeypatch):
+    """Planted near duplicates, many across two lists: the list join finds every pair the exact
+    graph has, judged on exact vectors, and never calls the index's search."""
+    rng = np.random.default_rng(8)
+    base = clustered(4000, 32, clusters=12, seed=8)
+    pairs = rng.choice(4000, 200, replace=False)
+    dupes = base[pairs] + 0.02 * rng.standard_normal((200, 32)).astype(np.float32)
+    x = np.vstack([base, dupes / np.linalg.norm(dupes, axis=1, keepdims=True)])
+    ids = np.arange(len(x), dtype=np.int64) * 3 + 7
+    index = VectorIndex.build(ids, x, "ivfsq8", nlist=64)
+    home = {}
+    for lst in np.flatnonzero(index.list_sizes()).tolist():
+        for i in index.list_vectors(lst)[0].tolist():
+            home[i] = lst
+    threshold = 0.99
+    exact = x @ x.T
+    np.fill_diagonal(exact, -1)
+    expected = {
+        (int(ids[a]), int(ids[b]))
+        for a, b in zip(*np.nonzero(np.triu(exact) >= threshold), strict=True)
+    }
+    across = sum(home[a] != home[b] for a, b in expected)
+    assert len(expected) >= 150 and across >= 5  # some pairs lie in two neighbouring lists
+    monkeypatch.setattr(VectorIndex, "search", lambda *a, **kw: pytest.fail("searched"))
+
+    def vectors_of(wanted):
+        return wanted, x[(wanted - 7) // 3]
+
+    candidates = ivf_join(index, ids, 16, threshold)
+    src, dst, scores = judge_pairs(candidates, vectors_of, 32, threshold)
+    assert set(zip(src.tolist(), dst.tolist(), strict=True)) == expected
+    np.testing.assert_allclose(scores, exact[(src - 7) // 3, (dst - 7) // 3], atol=1e-5)
+    alone = judge_pairs(
+        ivf_join(index, ids, 16, threshold, neighbours=0), vectors_of, 32, threshold
+    )
+    assert len(alone[0]) == len(expected) - across  # each list by itself misses those
+    # nodes: pairs among other ids are not candidates
+    some = ids[::2]
+    assert np.isin(ivf_join(index, some, 16, threshold), some).all()
+
+
+def test_ivf_join_keeps_k_candidates_per_id_whatever_the_threshold():
+    x = clustered(3000, 32, clusters=6, seed=9)
+    ids = np.arange(3000, dtype=np.int64)
+    index = VectorIndex.build(ids, x, "ivfsq8", nlist=16)
+    pairs = ivf_join(index, ids, 4, threshold=-1.0)  # every pair qualifies
+    assert len(pairs) <= 2 * 4 * 3000 and (pairs[:, 0] < pairs[:, 1]).all()
+    degree = np.bincount(pairs.ravel(), minlength=3000)
+    assert degree.min() >= 4  # each id kept its 4 best, so it is in at least 4 pairs
+    partners = pairs[(pairs == 0).any(axis=1)].ravel()
+    best = np.argsort(x @ x[0])[-5:-1]  # id 0's 4 nearest (itself, the nearest, left out)
+    assert np.isin(best, partners).sum() >= 3  # decoded scores may swap a close 4th and 5th
 
 
 def test_connected_components_groups_chains():
