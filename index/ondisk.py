@@ -223,12 +223,8 @@ class _Shard:
 def _merge(trained: Any, total: int, shards: list[Path], out: Path) -> None:
     """Concatenate the shards' lists into `out`, one list at a time. Shards are read with
     pread, not mapped, so the process holds one list, not the pages of every shard."""
-    import faiss
 
-    header_index = faiss.clone_index(trained)
-    header_index.ntotal = total
-    header = ivf_header(header_index)
-    del header_index
+    header = _header(trained, total)
     nlist, code_size = trained.nlist, trained.code_size
     parts = [_Shard.open(p, nlist, code_size) for p in shards]
     sizes = np.sum([p.sizes for p in parts], axis=0).astype(np.uint64)
@@ -276,3 +272,76 @@ def _open_mapped(path: Path, kind: str, d: int, params: dict[str, Any]) -> Vecto
         later = path
     self._source = _Source.keep(fd, nbytes, self, unlink=later)
     return self
+
+
+def catch_up_on_disk(
+    index: VectorIndex,
+    remove: np.ndarray,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    workdir: str | os.PathLike[str],
+) -> VectorIndex:
+    """A memory-mapped IVF index with the `remove` ids left out and (ids, vectors) added, as a
+    new file written list by list into `workdir` and mapped (unlinked at once, like a build's):
+    memory is one list plus the added vectors' codes, never the index. `index` is unchanged.
+
+    The added vectors are encoded by an empty copy of the index (same centroids, same
+    quantiser), so the result is the index that `remove` then `add` would make in memory."""
+    import faiss
+
+    if not index.mapped or not index.kind.startswith("ivf"):
+        raise IndexKindError("only a memory-mapped IVF index catches up on disk")
+    source = index._index
+    nlist, code_size = source.nlist, source.invlists.code_size
+    drop = np.unique(_as_ids(remove))
+    x = normalize(vectors, index.dim)
+    id_arr = _as_ids(ids, len(x))
+    added = faiss.deserialize_index(
+        np.frombuffer(_header(source, 0) + _empty_lists(nlist, code_size), np.uint8)
+    )
+    if len(x):
+        added.add_with_ids(x, id_arr)
+    kept = index.ntotal - int(np.count_nonzero(np.isin(index.ids(), drop, assume_unique=True)))
+    workdir = Path(workdir)
+    out = _temp_path(workdir / f"{index.kind}-catch-up.faiss", os.urandom(8))
+    lists_done = 0
+
+    def now_and_then() -> None:  # let go of the mapped pages read so far, every 256 lists
+        nonlocal lists_done
+        lists_done += 1
+        if lists_done % 256 == 0:
+            index.release_pages()
+
+    try:
+        with open(out, "xb") as f:
+            f.write(_header(source, kept + added.ntotal))
+            write_ivf_lists(f.write, nlist, code_size, [source.invlists, added.invlists],
+                            drops=[drop, None], after_list=now_and_then)  # fmt: skip
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        out.unlink(missing_ok=True)
+        raise IndexFileError(f"cannot write index file {out}: {e.strerror or e}") from e
+    finally:
+        index.release_pages()
+    try:
+        return _open_mapped(out, index.kind, index.dim, dict(index.params))
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def _header(index: Any, ntotal: int) -> bytes:
+    """`ivf_header` of `index` as if it held `ntotal` vectors."""
+    before = index.ntotal
+    index.ntotal = ntotal
+    try:
+        return ivf_header(index)
+    finally:
+        index.ntotal = before
+
+
+def _empty_lists(nlist: int, code_size: int) -> bytes:
+    out: list[bytes] = []
+    write_ivf_header(out.append, nlist, code_size, np.zeros(nlist, np.uint64))
+    return b"".join(out)

@@ -1073,27 +1073,58 @@ def write_ivf_header(
         sink(b"sprs" + struct.pack("<Q", pairs.size) + pairs.tobytes())
 
 
-def write_ivf_lists(sink: Callable[[bytes], object], nlist: int, code_size: int,
-                    parts: Sequence[Any]) -> None:  # fmt: skip
+def write_ivf_lists(
+    sink: Callable[[bytes], object],
+    nlist: int,
+    code_size: int,
+    parts: Sequence[Any],
+    *,
+    drops: Sequence[np.ndarray | None] | None = None,
+    after_list: Callable[[], object] | None = None,
+) -> None:
     """Write FAISS's "ilar" section (ArrayInvertedLists, as `write_index` lays it out) for the
     concatenation of `parts` (InvertedLists: each list is the parts' lists in order), one list
     at a time: memory is one list, however large the index. Together with `ivf_header` this
-    is byte for byte the file `faiss.write_index` writes for the merged index."""
+    is byte for byte the file `faiss.write_index` writes for the merged index.
+
+    `drops`: per part, sorted ids left out of it (or None); `after_list` is called after each
+    list (a mapped part can let go of the pages read so far)."""
     import faiss
 
+    drops = list(drops) if drops is not None else [None] * len(parts)
+
+    def entries(n: int, lst: int) -> tuple[np.ndarray, np.ndarray] | None:
+        part, drop = parts[n], drops[n]
+        size = part.list_size(lst)
+        if not size:
+            return None
+        ids = faiss.rev_swig_ptr(part.get_ids(lst), size)
+        codes = faiss.rev_swig_ptr(part.get_codes(lst), size * code_size)
+        if drop is not None and len(drop):
+            keep = ~np.isin(ids, drop, assume_unique=True)
+            if not keep.all():
+                return ids[keep], codes.reshape(size, code_size)[keep]
+        return ids, codes
+
     sizes = np.zeros(nlist, np.uint64)
-    for part in parts:
-        sizes += np.fromiter((part.list_size(i) for i in range(nlist)), np.uint64, nlist)
+    for n, part in enumerate(parts):
+        if drops[n] is None or not len(drops[n]):
+            sizes += np.fromiter((part.list_size(i) for i in range(nlist)), np.uint64, nlist)
+            continue
+        for lst in range(nlist):
+            found = entries(n, lst)
+            sizes[lst] += 0 if found is None else len(found[0])
+            if after_list is not None:
+                after_list()
     write_ivf_header(sink, nlist, code_size, sizes)
     for lst in np.flatnonzero(sizes).tolist():
-        for part in parts:
-            size = part.list_size(lst)
-            if size:
-                sink(faiss.rev_swig_ptr(part.get_codes(lst), size * code_size).tobytes())
-        for part in parts:
-            size = part.list_size(lst)
-            if size:
-                sink(faiss.rev_swig_ptr(part.get_ids(lst), size).tobytes())
+        lists = [found for n in range(len(parts)) if (found := entries(n, lst)) is not None]
+        for _, codes in lists:
+            sink(codes.tobytes())
+        for ids, _ in lists:
+            sink(ids.tobytes())
+        if after_list is not None:
+            after_list()
 
 
 def _crc(f: BinaryIO, size: int) -> int:

@@ -15,7 +15,8 @@ The generation moves only when vectors change, so a no-op ingest touches no file
 Builds hold at most `build_memory` bytes of vectors (env VITDEX_INDEX_BUILD_MEMORY_MB, default
 1024): an IVF index whose vectors would take more (past ~350k vectors at 768-d with the
 default) is built on disk from pages of the store (vitdex.index.ondisk); Flat and HNSW, which
-need every vector in memory, are built in memory whatever their size.
+need every vector in memory, are built in memory whatever their size. An IVF file that is behind
+is mapped and caught up on disk (`catch_up_on_disk`), never loaded whole.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 
 KIND_KEY = "index_kind.{feature}"
 _FILE = re.compile(r"^(?P<feature>[\w-]+)\.g(?P<generation>\d+)\.faiss$")
-_BUILD_DIR = re.compile(r"^\.build-(?P<pid>\d+)-[0-9a-f]{16}$")
+_BUILD_DIR = re.compile(r"^\.(build|catch-up)-(?P<pid>\d+)-[0-9a-f]{16}$")
 BUILD_MEMORY_ENV = "VITDEX_INDEX_BUILD_MEMORY_MB"
 
 
@@ -195,16 +198,19 @@ class IndexManager:
 
         for file in self.files(feature):
             try:
-                meta = read_sidecar(file.path).get("meta", {})
+                sidecar = read_sidecar(file.path)
             except IndexFileError as exc:
                 log.warning("%s; ignoring it", exc)
                 continue
+            meta = sidecar.get("meta", {})
             if not self._matches(meta, state) or meta.get("spec_key") != spec.key:
                 log.info("%s belongs to another database state; not used", file.path.name)
                 continue
             current = meta["generation"] == state.generation
+            # mapped: a current file is searched in place, a behind IVF one caught up on disk
+            mapped = current or str(sidecar.get("kind", "")).startswith("ivf")
             try:
-                index = VectorIndex.load(file.path, mmap=current)
+                index = VectorIndex.load(file.path, mmap=mapped)
             except IndexFileError as exc:
                 log.warning("%s; rebuilding it", exc)
                 return None
@@ -222,15 +228,26 @@ class IndexManager:
         """Apply the changes since the loaded generation; None when it must be rebuilt."""
         if self._outgrown(loaded.index, state.count):
             return None
+        index = loaded.index
+        on_disk = index.mapped and index.kind.startswith("ivf")
+        if on_disk:  # the changed vectors are held: past the build memory, rebuild on disk
+            changed = self.store.vectors.count(spec, feature, after_generation=loaded.generation)
+            if changed * spec.dim_of(feature) * 4 > self.build_memory:
+                return None
         changes = self.store.vectors.changes_since(spec, feature, loaded.generation)
-        index = loaded.index  # a memory-mapped index copies itself into memory on change
         stale = np.union1d(changes.removed, changes.ids)
-        if len(stale) and not index.can_remove:
-            return None
-        if len(stale):
-            index.remove(stale)
-        if len(changes.ids):
-            index.add(changes.ids, changes.vectors)
+        if on_disk:
+            from vitdex.index.ondisk import catch_up_on_disk
+
+            with self._workdir("catch-up") as workdir:
+                index = catch_up_on_disk(index, stale, changes.ids, changes.vectors, workdir)
+        else:  # a memory-mapped Flat or HNSW index copies itself into memory on change
+            if len(stale) and not index.can_remove:
+                return None
+            if len(stale):
+                index.remove(stale)
+            if len(changes.ids):
+                index.add(changes.ids, changes.vectors)
         log.info(
             "%s index caught up from generation %d to %d (%d added, %d removed)",
             feature,
@@ -277,17 +294,25 @@ class IndexManager:
             return ((p.ids, p.vectors) for p in vectors.iter_pages(spec, feature, page))
 
         source = PagedVectors(n=len(all_ids), dim=spec.dim_of(feature), pages=pages, rows=rows)
-        workdir = self.folder / f".build-{os.getpid()}-{os.urandom(8).hex()}"
-        try:
-            workdir.mkdir(parents=True)
-        except OSError:  # a read-only library: a reader builds in the system's temp folder
-            workdir = Path(tempfile.mkdtemp(prefix="vitdex-build-"))
-        try:
+        with self._workdir("build") as workdir:
             index = build_ivf_on_disk(source, kind, workdir, memory=self.build_memory, page=page)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
         self.ondisk_builds += 1
         return index
+
+    @contextmanager
+    def _workdir(self, purpose: str) -> Iterator[Path]:
+        """A private folder under the index folder for an on-disk build or catch-up, removed
+        after (or by a writer's `_clean` after a crash); a read-only library's reader works
+        in the system's temp folder."""
+        workdir = self.folder / f".{purpose}-{os.getpid()}-{os.urandom(8).hex()}"
+        try:
+            workdir.mkdir(parents=True)
+        except OSError:
+            workdir = Path(tempfile.mkdtemp(prefix=f"vitdex-{purpose}-"))
+        try:
+            yield workdir
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     @staticmethod
     def _outgrown(index: VectorIndex, count: int) -> bool:

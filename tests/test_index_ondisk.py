@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -201,7 +202,9 @@ def test_the_store_reads_vectors_in_pages_of_at_most_page_rows(tmp_path):
         np.testing.assert_array_equal(got, vectors[np.searchsorted(ids, np.sort(some))])
 
 
-def test_the_manager_builds_on_disk_past_its_memory_and_loads_catches_up_and_cleans(tmp_path):
+def test_the_manager_builds_on_disk_past_its_memory_and_loads_catches_up_and_cleans(
+    tmp_path, monkeypatch
+):
     from vitdex.library import Library
 
     lib = tmp_path / "lib"
@@ -236,13 +239,36 @@ def test_the_manager_builds_on_disk_past_its_memory_and_loads_catches_up_and_cle
         gone = store.vectors.image_ids(store.spec(), "cls")[:50]
         with store.transaction():
             store.images.remove(gone.tolist(), store.bump_generation())
-        library.indexes.build_memory = 1  # would build on disk: it must not need to
+        [behind] = library.indexes.files("cls")
+        shutil.copytree(lib, tmp_path / "copy")
+        in_memory = VectorIndex.load(behind.path)  # what catching up in memory would give
+        changes = store.vectors.changes_since(store.spec(), "cls", behind.generation)
+        in_memory.remove(np.union1d(changes.removed, changes.ids))
+        in_memory.add(changes.ids, changes.vectors)
+        # the 100 new vectors fit the build memory, the index does not: caught up on disk,
+        # never copied into memory
+        library.indexes.build_memory = 100 * DIM * 4
+        monkeypatch.setattr(VectorIndex, "_own", lambda self: pytest.fail("copied in memory"))
         index = library.index("cls")
-        assert library.indexes.builds == 0  # caught up, not rebuilt
+        monkeypatch.undo()
+        assert library.indexes.builds == 0 and index.mapped  # caught up, not rebuilt
         assert index.ntotal == 3050
         assert not np.isin(gone, index.ids()).any()
         new_ids = store.vectors.image_ids(store.spec(), "cls")[-100:]
         assert np.isin(new_ids, index.ids()).all()
+        for lst in range(index.params["nlist"]):  # the same codes in the same lists
+            ids, x = index.list_vectors(lst)
+            want_ids, want = in_memory.list_vectors(lst)
+            order, want_order = np.argsort(ids), np.argsort(want_ids)
+            np.testing.assert_array_equal(ids[order], want_ids[want_order])
+            np.testing.assert_array_equal(x[order], want[want_order])
+        for a, b in zip(index.search(queries, 10), in_memory.search(queries, 10), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert not [p for p in (lib / "index").iterdir() if p.name.startswith(".catch-up")]
+    with Library.open(tmp_path / "copy") as library:  # more changes than the build memory
+        library.indexes.build_memory = 100 * DIM * 4 - 1
+        assert library.index("cls").ntotal == 3050
+        assert library.indexes.builds == library.indexes.ondisk_builds == 1  # rebuilt on disk
         library.indexes.refresh(["cls"])  # a writer saves the caught-up index
         [file] = library.indexes.files("cls")
         assert read_sidecar(file.path)["meta"]["count"] == 3050
