@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 # Approximate kinds (SQ8/PQ) perturb scores; candidates within this margin below the threshold
 # are kept and then judged on the exact cosine recomputed from `vectors`.
 SCORE_MARGIN = 0.02
-# Lists joined with each list by `ivf_join`: its nearest centroids (measured in
-# docs/benchmarks.md, "Near duplicates at 1M").
-JOIN_NEIGHBOURS = 8
+# `ivf_join`: each vector meets its own list and the lists of its 3 nearest other centroids,
+# sought among the 128 centroids nearest to its own list's (measured in docs/benchmarks.md,
+# "Duplicates": at 1M, 3 probes missed 1 planted pair in 10,000, 4 none).
+JOIN_PROBES = 4
+JOIN_CANDIDATES = 128
 RELEASE_EVERY = 256  # lists joined between two `release_pages` of a mapped index
 
 
@@ -209,14 +211,16 @@ def ivf_join(
     k: int,
     threshold: float,
     *,
-    neighbours: int = JOIN_NEIGHBOURS,
+    probes: int = JOIN_PROBES,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Candidate near-duplicate pairs ((E, 2) ids, a < b) among the `nodes` an IVF index holds,
-    found without searching it: each inverted list's vectors, decoded from their codes, are
-    multiplied (one BLAS product per pair of lists) with themselves and with the vectors of the
-    lists whose centroids are among the `neighbours` nearest to their own. Two near duplicates
-    lie close together, so in one list or in neighbouring ones.
+    found without searching it, in BLAS products of vectors decoded from the lists' codes:
+    1. each inverted list with itself;
+    2. each vector with the lists of its `probes - 1` nearest other centroids (sought among
+       the JOIN_CANDIDATES centroids nearest to its own list's), list by list: a list's
+       vectors times those of every vector that probes it.
+    Two near duplicates lie close together, so in one list or in each other's nearest lists.
 
     A pair is a candidate when its decoded cosine is >= threshold - SCORE_MARGIN (judge it on
     the exact vectors with `judge_pairs`), and only while it is among the k best candidates of
@@ -224,64 +228,108 @@ def ivf_join(
     """
     if k < 1:
         raise IndexInputError(f"k must be >= 1, got {k}")
+    if probes < 1:
+        raise IndexInputError(f"probes must be >= 1, got {probes}")
     node_ids = np.unique(_as_ids(nodes))
     sizes = index.list_sizes()
     lists = np.flatnonzero(sizes)
     if not len(lists) or not len(node_ids):
         return np.empty((0, 2), np.int64)
-    partners = _neighbour_lists(normalize(index.centroids[lists], index.dim), neighbours)
+    centroids = normalize(index.centroids[lists], index.dim)
+    nearest = _nearest_others(centroids, JOIN_CANDIDATES)
+    others = min(probes - 1, nearest.shape[1])
+    floor = threshold - SCORE_MARGIN
     found = _Candidates(k)
-    total, done = int(sizes.sum()), 0
+    total, done = 2 * int(sizes.sum()), 0
+    probing: list[np.ndarray] = []  # (list position probed, list position, row in its list)
     for i, lst in enumerate(lists.tolist()):
-        ids_a, xa = _node_vectors(index, lst, node_ids)
-        for j in partners[i]:
-            ids_b, xb = (ids_a, xa) if j == i else _node_vectors(index, int(lists[j]), node_ids)
-            if len(ids_a) and len(ids_b):
-                found.add_block(ids_a, xa, ids_b, xb, threshold - SCORE_MARGIN, same=j == i)
+        ids, x, rows = _node_vectors(index, lst, node_ids)
+        if len(ids) > 1:
+            found.add_block(ids, x, ids, x, floor, same=True)
+        if others and len(ids):
+            near = nearest[i]
+            top = np.argpartition(-(x @ centroids[near].T), others - 1, axis=1)[:, :others]
+            probed = near[top].ravel()
+            probing.append(np.column_stack([probed, np.full(len(probed), i),
+                                            np.repeat(rows, others)]))  # fmt: skip
         done += int(sizes[lst])
-        if i % RELEASE_EVERY == RELEASE_EVERY - 1:
-            index.release_pages()  # a mapped file: RSS holds the lists read lately, not all
-        if progress is not None:
-            progress(done, total)
+        _step(index, i, progress, done, total)
+    if probing:
+        records = np.concatenate(probing)
+        del probing
+        records = records[np.lexsort((records[:, 2], records[:, 1], records[:, 0]))]
+        bounds = np.searchsorted(records[:, 0], np.arange(len(lists) + 1))
+        for b in np.flatnonzero(np.diff(bounds)).tolist():
+            ids_b, xb, _ = _node_vectors(index, int(lists[b]), node_ids)
+            if len(ids_b):
+                ids_q, xq = _probing_vectors(index, lists, records[bounds[b] : bounds[b + 1]])
+                found.add_block(ids_q, xq, ids_b, xb, floor, same=False)
+            done += int(sizes[lists[b]])
+            _step(index, b, progress, done, total)
     index.release_pages()
+    if progress is not None:
+        progress(total, total)
     pairs = found.pairs()
     log.info(
-        "ivf join: %d vectors in %d lists, %d list pairs, %d candidate pairs",
-        total, len(lists), sum(map(len, partners)), len(pairs),
+        "ivf join: %d vectors in %d lists, %d probes each, %d candidate pairs",
+        total // 2, len(lists), 1 + others, len(pairs),
     )  # fmt: skip
     return pairs
 
 
-def _neighbour_lists(centroids: np.ndarray, neighbours: int) -> list[np.ndarray]:
-    """For each list (row of `centroids`), itself and every list j > i that is among its
-    `neighbours` nearest centroids or has it among its own: each pair of lists once."""
+def _step(
+    index: VectorIndex,
+    i: int,
+    progress: Callable[[int, int], None] | None,
+    done: int,
+    total: int,
+) -> None:
+    if i % RELEASE_EVERY == RELEASE_EVERY - 1:
+        index.release_pages()  # a mapped file: RSS holds the lists read lately, not all
+    if progress is not None:
+        progress(done, total)
+
+
+def _nearest_others(centroids: np.ndarray, count: int) -> np.ndarray:
+    """For each list (row of `centroids`), the `count` other lists with the nearest centroids."""
     n = len(centroids)
-    m = min(neighbours, n - 1)
+    m = min(count, n - 1)
     if m <= 0:
-        return [np.array([i]) for i in range(n)]
+        return np.empty((n, 0), np.int64)
     sims = centroids @ centroids.T
     np.fill_diagonal(sims, -np.inf)
-    near = np.argpartition(-sims, m - 1, axis=1)[:, :m]
-    a = np.repeat(np.arange(n), m)
-    b = near.ravel()
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    key = np.unique(lo * n + hi)
-    lo, hi = key // n, key % n
-    starts = np.searchsorted(lo, np.arange(n + 1))
-    return [np.concatenate([[i], hi[starts[i] : starts[i + 1]]]) for i in range(n)]
+    return np.argpartition(-sims, m - 1, axis=1)[:, :m]
 
 
 def _node_vectors(
     index: VectorIndex, lst: int, node_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, normalised decoded vectors) of one list's members that are nodes."""
-    ids, x = index.list_vectors(lst)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, unit decoded vectors, rows in the list) of one list's members that are nodes."""
+    ids, codes = index.list_codes(lst)
     pos = np.minimum(np.searchsorted(node_ids, ids), len(node_ids) - 1)
-    keep = node_ids[pos] == ids
-    if not keep.all():
-        ids, x = ids[keep], x[keep]
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return ids, x / np.maximum(norms, 1e-12)
+    rows = np.flatnonzero(node_ids[pos] == ids)
+    x = index.decode(np.full(len(rows), lst), codes[rows])
+    return ids[rows], _unit(x), rows
+
+
+def _probing_vectors(
+    index: VectorIndex, lists: np.ndarray, records: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, unit decoded vectors) of the vectors that `records` (probed, list position, row;
+    sorted by list position) name, read from their own lists and decoded at once."""
+    where = records[:, 1]
+    starts = np.flatnonzero(np.diff(where, prepend=-1))
+    ids, codes = [], []
+    for start, stop in zip(starts, [*starts[1:], len(where)], strict=True):
+        list_ids, list_codes = index.list_codes(int(lists[where[start]]))
+        rows = records[start:stop, 2]
+        ids.append(list_ids[rows])
+        codes.append(list_codes[rows])
+    return np.concatenate(ids), _unit(index.decode(lists[where], np.concatenate(codes)))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class _Candidates:
@@ -323,6 +371,11 @@ class _Candidates:
 
     def _reduced(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, b, s = (np.concatenate(column) for column in zip(*self.parts, strict=True))
+        order = np.lexsort((-s, b, a))  # a pair met twice (from both of its lists) counts once
+        a, b, s = a[order], b[order], s[order]
+        first = np.ones(len(a), bool)
+        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        a, b, s = a[first], b[first], s[first]
         keep = np.zeros(len(a), bool)
         for end in (a, b):  # rank each pair among the pairs of this end, best first
             order = np.lexsort((-s, end))

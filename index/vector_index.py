@@ -451,24 +451,38 @@ class VectorIndex:
         invlists = self._index.invlists
         return np.array([invlists.list_size(lst) for lst in range(self._index.nlist)], np.int64)
 
-    def list_vectors(self, lst: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of one IVF inverted list, the vectors decoded from its codes (so
-        with the kind's quantisation error), read from the mapping without copying the list."""
+    def list_codes(self, lst: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, codes (size, code_size) uint8) of one IVF inverted list: read-only views of
+        the index's memory or mapping, valid while the index is alive and unchanged."""
         import faiss
 
         invlists = self._index.invlists
         size = invlists.list_size(lst)
-        if not size:
-            return np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
         code_size = invlists.code_size
-        ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy()
+        if not size:
+            return np.empty(0, np.int64), np.empty((0, code_size), np.uint8)
+        ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
         codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * code_size)
+        return ids, codes.reshape(size, code_size)
+
+    def decode(self, lists: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """The vectors of IVF `codes` (n, code_size), row i stored in list `lists[i]` (so with
+        the kind's quantisation error)."""
+        n = len(codes)
+        if not n:
+            return np.empty((0, self.dim), np.float32)
         # sa_decode reads each code behind its list number (little-endian, coarse_code_size).
         width = self._index.coarse_code_size()
-        prefixed = np.empty((size, width + code_size), np.uint8)
-        prefixed[:, :width] = np.frombuffer(int(lst).to_bytes(width, "little"), np.uint8)
-        prefixed[:, width:] = codes.reshape(size, code_size)
-        return ids, self._index.sa_decode(prefixed)
+        prefixed = np.empty((n, width + codes.shape[1]), np.uint8)
+        numbers = np.ascontiguousarray(lists, dtype="<u8").reshape(n)
+        prefixed[:, :width] = numbers.view(np.uint8).reshape(n, 8)[:, :width]
+        prefixed[:, width:] = codes
+        return self._index.sa_decode(prefixed)
+
+    def list_vectors(self, lst: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of one IVF inverted list, the vectors decoded from its codes."""
+        ids, codes = self.list_codes(lst)
+        return ids.copy(), self.decode(np.full(len(ids), lst), codes)
 
     def set_search_params(self, **params: int) -> None:
         """Change the default nprobe (IVF) or efSearch (HNSW) stored with the index."""

@@ -2,7 +2,8 @@
 
 - Exact groups: images that share a content (same sha256). They are reported on their own.
 - Near groups: connected components of the graph "cosine >= threshold" over distinct contents,
-  built from k-nearest-neighbour search on a FAISS index (memory O(N * k), never N x N). Copies
+  from each content's k best candidates (memory O(N * k), never N x N): a join of the library's
+  IVF-SQ8 index list by list, else k-nearest-neighbour search on a FAISS index. Copies
   of one content have identical vectors, so a content is one node; a near group then lists every
   image of its contents, so it contains whole exact groups as well.
 - The default threshold is calibrated per library, feature and model from the library's own
@@ -318,8 +319,8 @@ def _near_labels(
 ) -> np.ndarray:
     """Near-group label per representative. While an exact index is cheap (choose_kind says
     flat), a fresh one over the representatives' vectors. Past that, the library's own index:
-    an IVF-SQ8 one (the auto kind) is joined list by list with its neighbouring lists
-    (ivf_join: no search at all); any other is queried with the vectors streamed in pages
+    an IVF-SQ8 one (the auto kind) is joined list by list, each vector with its own list and
+    its nearest other lists (ivf_join: no search at all); any other is queried with the vectors streamed in pages
     (knn_graph_paged). Memory stays one list or page plus the candidate pairs, never every
     vector; the candidates are judged on their exact vectors, read back by id."""
     from vitdex.index.graph import connected_components, ivf_join, judge_pairs, knn_graph_paged

@@ -238,9 +238,7 @@ def test_ivf_join_finds_what_the_search_finds_without_searching(monkeypatch):
     src, dst, scores = judge_pairs(candidates, vectors_of, 32, threshold)
     assert set(zip(src.tolist(), dst.tolist(), strict=True)) == expected
     np.testing.assert_allclose(scores, exact[(src - 7) // 3, (dst - 7) // 3], atol=1e-5)
-    alone = judge_pairs(
-        ivf_join(index, ids, 16, threshold, neighbours=0), vectors_of, 32, threshold
-    )
+    alone = judge_pairs(ivf_join(index, ids, 16, threshold, probes=1), vectors_of, 32, threshold)
     assert len(alone[0]) == len(expected) - across  # each list by itself misses those
     # nodes: pairs among other ids are not candidates
     some = ids[::2]
