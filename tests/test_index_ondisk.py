@@ -315,7 +315,10 @@ def test_new_libraries_use_16k_pages_and_old_ones_keep_theirs(tmp_path):
     assert page_size(tmp_path / "old") == 4096
 
 
-def test_dupes_past_the_flat_size_stream_pages_and_find_the_same_groups(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["ivfsq8", "hnsw"])  # joined list by list; searched in pages
+def test_dupes_past_the_flat_size_find_the_same_groups_reading_only_members(
+    tmp_path, monkeypatch, kind
+):
     from vitdex.library import Library
     from vitdex.library.dupes import find_duplicates
 
@@ -331,8 +334,16 @@ def test_dupes_past_the_flat_size_stream_pages_and_find_the_same_groups(tmp_path
     with Library.open(tmp_path / "lib") as library:
         expected = find_duplicates(library, threshold=0.99)  # 2000 <= FLAT_MAX_N: in memory
         assert len(expected["groups"]) >= 30
-        monkeypatch.setattr(vi, "FLAT_MAX_N", 100)  # now the paged path over the IVF index
-        library.indexes.rebuild("cls", "ivfsq8")
+        monkeypatch.setattr(vi, "FLAT_MAX_N", 100)  # now the library's own index
+        library.indexes.rebuild("cls", kind)
+        searches: list[int] = []
+        search = VectorIndex.search
+
+        def counted(self, queries, *args, **kwargs):
+            searches.append(len(queries))
+            return search(self, queries, *args, **kwargs)
+
+        monkeypatch.setattr(VectorIndex, "search", counted)
         read: list[int] = []
         of_contents = library.store.vectors.of_contents
 
@@ -343,4 +354,5 @@ def test_dupes_past_the_flat_size_stream_pages_and_find_the_same_groups(tmp_path
         monkeypatch.setattr(library.store.vectors, "of_contents", recorded)
         got = find_duplicates(library, threshold=0.99)
     assert groups(got) == groups(expected)
+    assert (sum(searches) == 0) if kind == "ivfsq8" else (sum(searches) == 2000)
     assert read and max(read) <= 2 * len(expected["groups"])  # group members only, never all
