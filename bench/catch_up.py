@@ -10,13 +10,15 @@ Then, each in a fresh process, the copied file is caught up with the changes sin
 - memory (the reference, what vitdex did before): load the file whole, remove and add, save;
 - disk: load it memory-mapped, `catch_up_on_disk` (a new file written list by list), save.
 Reported: seconds and peak RSS (ru_maxrss) of each, and their ratios; the two results must hold
-the same ids.
+the same ids. `--cold` empties the OS page cache before each (Linux, root: a cold file maps more
+pages per fault, so the RSS of a mapped pass is highest then).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -63,7 +65,7 @@ def child(library: Path, feature: str, mode: str) -> dict:
         stale = np.union1d(changes.removed, changes.ids)
         with tempfile.TemporaryDirectory(dir=HERE) as work:
             if mode == "memory":
-                index = VectorIndex.load(path)
+                index = VectorIndex.load(path, mmap=False)
                 index.remove(stale)
                 index.add(changes.ids, changes.vectors)
             else:
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--library", type=Path, required=True)
     parser.add_argument("--feature", default="cls")
     parser.add_argument("--forget", default="d0999")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each")
     parser.add_argument("--child", choices=["memory", "disk"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -93,6 +96,9 @@ def main() -> None:
     setup(args.library, args.feature, args.forget)
     runs = {}
     for mode in ("memory", "disk"):
+        if args.cold:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
         out = subprocess.run(
             [sys.executable, __file__, "--library", str(args.library), "--feature",
              args.feature, "--child", mode],

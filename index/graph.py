@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from vitdex.index.errors import IndexInputError
-from vitdex.index.vector_index import VectorIndex, _as_ids, normalize
+from vitdex.index.vector_index import RELEASE_EVERY, VectorIndex, _as_ids, normalize
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,6 @@ SCORE_MARGIN = 0.02
 # "Duplicates": at 1M, 3 probes missed 1 planted pair in 10,000, 4 none).
 JOIN_PROBES = 4
 JOIN_CANDIDATES = 128
-RELEASE_EVERY = 256  # lists joined between two `release_pages` of a mapped index
 
 
 def knn_graph(

@@ -34,6 +34,7 @@ import numpy as np
 
 from vitdex.index.errors import IndexFileError, IndexInputError, IndexKindError
 from vitdex.index.vector_index import (
+    RELEASE_EVERY,
     VectorIndex,
     _as_ids,
     _is_mapped,
@@ -306,10 +307,10 @@ def catch_up_on_disk(
     out = _temp_path(workdir / f"{index.kind}-catch-up.faiss", os.urandom(8))
     lists_done = 0
 
-    def now_and_then() -> None:  # let go of the mapped pages read so far, every 256 lists
+    def now_and_then() -> None:  # let go of the mapped pages read so far, now and then
         nonlocal lists_done
         lists_done += 1
-        if lists_done % 256 == 0:
+        if lists_done % RELEASE_EVERY == 0:
             index.release_pages()
 
     try:

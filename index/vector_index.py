@@ -61,6 +61,8 @@ PQ_MIN_VECTORS = MIN_POINTS_PER_LIST * 2**PQ_NBITS
 # Build-time calibration: the smallest nprobe / efSearch whose measured recall@10 reaches this.
 RECALL_TARGET = 0.98
 CALIBRATION_QUERIES = 200
+# Lists read between two `release_pages` of a mapped IVF index in a pass over many lists.
+RELEASE_EVERY = 256
 CALIBRATION_BATCH = 25  # queries per search while calibrating (a mapped index: see release_pages)
 HNSW_MIN_EF_SEARCH = 64
 
@@ -405,6 +407,9 @@ class VectorIndex:
                     size = invlists.list_size(lst)
                     if size:
                         parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+                    if lst % RELEASE_EVERY == RELEASE_EVERY - 1:
+                        self.release_pages()  # ids lie between codes: pages around them map too
+                self.release_pages()
                 arr = np.concatenate(parts) if parts else np.empty(0, np.int64)
             arr.flags.writeable = False
             self._ids_cache = arr
