@@ -239,7 +239,18 @@ def ivf_join(
     others = min(probes - 1, nearest.shape[1])
     floor = threshold - SCORE_MARGIN
     found = _Candidates(k)
-    total, done = 2 * int(sizes.sum()), 0
+    total, done, steps = 2 * int(sizes.sum()), 0, 0
+
+    def step(lst: int) -> None:
+        """After each list: progress, and now and then a mapped file's pages let go (the RSS
+        holds the lists read lately, not the file)."""
+        nonlocal done, steps
+        done, steps = done + int(sizes[lst]), steps + 1
+        if steps % RELEASE_EVERY == 0:
+            index.release_pages()
+        if progress is not None:
+            progress(done, total)
+
     probing: list[np.ndarray] = []  # (list position probed, list position, row in its list)
     for i, lst in enumerate(lists.tolist()):
         ids, x, rows = _node_vectors(index, lst, node_ids)
@@ -251,8 +262,7 @@ def ivf_join(
             probed = near[top].ravel()
             probing.append(np.column_stack([probed, np.full(len(probed), i),
                                             np.repeat(rows, others)]))  # fmt: skip
-        done += int(sizes[lst])
-        _step(index, i, progress, done, total)
+        step(lst)
     if probing:
         records = np.concatenate(probing)
         del probing
@@ -263,8 +273,7 @@ def ivf_join(
             if len(ids_b):
                 ids_q, xq = _probing_vectors(index, lists, records[bounds[b] : bounds[b + 1]])
                 found.add_block(ids_q, xq, ids_b, xb, floor, same=False)
-            done += int(sizes[lists[b]])
-            _step(index, b, progress, done, total)
+            step(int(lists[b]))
     index.release_pages()
     if progress is not None:
         progress(total, total)
@@ -274,19 +283,6 @@ def ivf_join(
         total // 2, len(lists), 1 + others, len(pairs),
     )  # fmt: skip
     return pairs
-
-
-def _step(
-    index: VectorIndex,
-    i: int,
-    progress: Callable[[int, int], None] | None,
-    done: int,
-    total: int,
-) -> None:
-    if i % RELEASE_EVERY == RELEASE_EVERY - 1:
-        index.release_pages()  # a mapped file: RSS holds the lists read lately, not all
-    if progress is not None:
-        progress(done, total)
 
 
 def _nearest_others(centroids: np.ndarray, count: int) -> np.ndarray:
