@@ -25,10 +25,11 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -224,13 +225,12 @@ class _Shard:
 def _merge(trained: Any, total: int, shards: list[Path], out: Path) -> None:
     """Concatenate the shards' lists into `out`, one list at a time. Shards are read with
     pread, not mapped, so the process holds one list, not the pages of every shard."""
-
     header = _header(trained, total)
     nlist, code_size = trained.nlist, trained.code_size
     parts = [_Shard.open(p, nlist, code_size) for p in shards]
     sizes = np.sum([p.sizes for p in parts], axis=0).astype(np.uint64)
     try:
-        with open(out, "xb") as f:
+        with _new_file(out) as f:
             f.write(header)
             write_ivf_header(f.write, nlist, code_size, sizes)
             for lst in np.flatnonzero(sizes).tolist():
@@ -242,11 +242,6 @@ def _merge(trained: Any, total: int, shards: list[Path], out: Path) -> None:
                     if part.sizes[lst]:
                         at = int(part.starts[lst]) + int(part.sizes[lst]) * code_size
                         f.write(os.pread(part.fd, int(part.sizes[lst]) * 8, at))
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        out.unlink(missing_ok=True)
-        raise IndexFileError(f"cannot write index file {out}: {e.strerror or e}") from e
     finally:
         for part in parts:
             os.close(part.fd)
@@ -314,15 +309,10 @@ def catch_up_on_disk(
             index.release_pages()
 
     try:
-        with open(out, "xb") as f:
+        with _new_file(out) as f:
             f.write(_header(source, kept + added.ntotal))
             write_ivf_lists(f.write, nlist, code_size, [source.invlists, added.invlists],
                             drops=[drop, None], after_list=now_and_then)  # fmt: skip
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        out.unlink(missing_ok=True)
-        raise IndexFileError(f"cannot write index file {out}: {e.strerror or e}") from e
     finally:
         index.release_pages()
     try:
@@ -330,6 +320,20 @@ def catch_up_on_disk(
     except BaseException:
         out.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def _new_file(out: Path) -> Iterator[BinaryIO]:
+    """`out`, created for writing and fsynced when done; if writing fails, it is removed and
+    the error is one IndexFileError."""
+    try:
+        with open(out, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        out.unlink(missing_ok=True)
+        raise IndexFileError(f"cannot write index file {out}: {e.strerror or e}") from e
 
 
 def _header(index: Any, ntotal: int) -> bytes:

@@ -320,9 +320,10 @@ def _near_labels(
     """Near-group label per representative. While an exact index is cheap (choose_kind says
     flat), a fresh one over the representatives' vectors. Past that, the library's own index:
     an IVF-SQ8 one (the auto kind) is joined list by list, each vector with its own list and
-    its nearest other lists (ivf_join: no search at all); any other is queried with the vectors streamed in pages
-    (knn_graph_paged). Memory stays one list or page plus the candidate pairs, never every
-    vector; the candidates are judged on their exact vectors, read back by id."""
+    its nearest other lists (ivf_join: no search at all); any other is queried with the
+    vectors streamed in pages (knn_graph_paged). Memory stays one list or page plus the
+    candidate pairs, never every vector; the candidates are judged on their exact vectors,
+    read back by id."""
     from vitdex.index.graph import connected_components, ivf_join, judge_pairs, knn_graph_paged
     from vitdex.index.vector_index import VectorIndex, choose_kind
 
