@@ -46,6 +46,7 @@ from vitdex.index.vector_index import (
     calibration_rows,
     default_nlist,
     ivf_header,
+    ivf_list_sizes,
     normalize,
     train_rows,
     write_ivf_header,
@@ -297,7 +298,6 @@ def catch_up_on_disk(
     )
     if len(x):
         added.add_with_ids(x, id_arr)
-    kept = index.ntotal - int(np.count_nonzero(np.isin(index.ids(), drop, assume_unique=True)))
     workdir = Path(workdir)
     out = _temp_path(workdir / f"{index.kind}-catch-up.faiss", os.urandom(8))
     lists_done = 0
@@ -308,11 +308,13 @@ def catch_up_on_disk(
         if lists_done % RELEASE_EVERY == 0:
             index.release_pages()
 
+    parts, drops = [source.invlists, added.invlists], [drop, None]
     try:
+        sizes = ivf_list_sizes(nlist, parts, drops=drops, after_list=now_and_then)
         with _new_file(out) as f:
-            f.write(_header(source, kept + added.ntotal))
-            write_ivf_lists(f.write, nlist, code_size, [source.invlists, added.invlists],
-                            drops=[drop, None], after_list=now_and_then)  # fmt: skip
+            f.write(_header(source, int(sizes.sum())))
+            write_ivf_lists(f.write, nlist, code_size, parts, drops=drops, sizes=sizes,
+                            after_list=now_and_then)  # fmt: skip
     finally:
         index.release_pages()
     try:

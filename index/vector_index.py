@@ -1092,6 +1092,49 @@ def write_ivf_header(
         sink(b"sprs" + struct.pack("<Q", pairs.size) + pairs.tobytes())
 
 
+def _kept_entries(
+    part: Any, lst: int, drop: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, codes) of one list of an InvertedLists, without the sorted ids `drop`; None when
+    the list is empty. Views of the part's memory unless something is dropped."""
+    import faiss
+
+    size, code_size = part.list_size(lst), part.code_size
+    if not size:
+        return None
+    ids = faiss.rev_swig_ptr(part.get_ids(lst), size)
+    codes = faiss.rev_swig_ptr(part.get_codes(lst), size * code_size)
+    if drop is not None and len(drop):
+        keep = ~np.isin(ids, drop, assume_unique=True)
+        if not keep.all():
+            return ids[keep], codes.reshape(size, code_size)[keep]
+    return ids, codes
+
+
+def ivf_list_sizes(
+    nlist: int,
+    parts: Sequence[Any],
+    *,
+    drops: Sequence[np.ndarray | None] | None = None,
+    after_list: Callable[[], object] | None = None,
+) -> np.ndarray:
+    """Entries per list (uint64, nlist) of the concatenation of `parts` (InvertedLists), each
+    part without its sorted `drops` ids; `after_list` is called after each list a drop made
+    us read."""
+    drops = list(drops) if drops is not None else [None] * len(parts)
+    sizes = np.zeros(nlist, np.uint64)
+    for part, drop in zip(parts, drops, strict=True):
+        if drop is None or not len(drop):
+            sizes += np.fromiter((part.list_size(i) for i in range(nlist)), np.uint64, nlist)
+            continue
+        for lst in range(nlist):
+            found = _kept_entries(part, lst, drop)
+            sizes[lst] += 0 if found is None else len(found[0])
+            if after_list is not None:
+                after_list()
+    return sizes
+
+
 def write_ivf_lists(
     sink: Callable[[bytes], object],
     nlist: int,
@@ -1099,6 +1142,7 @@ def write_ivf_lists(
     parts: Sequence[Any],
     *,
     drops: Sequence[np.ndarray | None] | None = None,
+    sizes: np.ndarray | None = None,
     after_list: Callable[[], object] | None = None,
 ) -> None:
     """Write FAISS's "ilar" section (ArrayInvertedLists, as `write_index` lays it out) for the
@@ -1106,38 +1150,19 @@ def write_ivf_lists(
     at a time: memory is one list, however large the index. Together with `ivf_header` this
     is byte for byte the file `faiss.write_index` writes for the merged index.
 
-    `drops`: per part, sorted ids left out of it (or None); `after_list` is called after each
-    list (a mapped part can let go of the pages read so far)."""
-    import faiss
-
+    `drops`: per part, sorted ids left out of it (or None); `sizes`: `ivf_list_sizes` of the
+    same parts and drops, when the caller already counted them; `after_list` is called after
+    each list (a mapped part can let go of the pages read so far)."""
     drops = list(drops) if drops is not None else [None] * len(parts)
-
-    def entries(n: int, lst: int) -> tuple[np.ndarray, np.ndarray] | None:
-        part, drop = parts[n], drops[n]
-        size = part.list_size(lst)
-        if not size:
-            return None
-        ids = faiss.rev_swig_ptr(part.get_ids(lst), size)
-        codes = faiss.rev_swig_ptr(part.get_codes(lst), size * code_size)
-        if drop is not None and len(drop):
-            keep = ~np.isin(ids, drop, assume_unique=True)
-            if not keep.all():
-                return ids[keep], codes.reshape(size, code_size)[keep]
-        return ids, codes
-
-    sizes = np.zeros(nlist, np.uint64)
-    for n, part in enumerate(parts):
-        if drops[n] is None or not len(drops[n]):
-            sizes += np.fromiter((part.list_size(i) for i in range(nlist)), np.uint64, nlist)
-            continue
-        for lst in range(nlist):
-            found = entries(n, lst)
-            sizes[lst] += 0 if found is None else len(found[0])
-            if after_list is not None:
-                after_list()
+    if sizes is None:
+        sizes = ivf_list_sizes(nlist, parts, drops=drops, after_list=after_list)
     write_ivf_header(sink, nlist, code_size, sizes)
     for lst in np.flatnonzero(sizes).tolist():
-        lists = [found for n in range(len(parts)) if (found := entries(n, lst)) is not None]
+        lists = [
+            found
+            for part, drop in zip(parts, drops, strict=True)
+            if (found := _kept_entries(part, lst, drop)) is not None
+        ]
         for _, codes in lists:
             sink(codes.tobytes())
         for ids, _ in lists:
