@@ -57,8 +57,8 @@ def dupes(library_path, threshold, feature, under, k, list_others, null, as_json
     Each group suggests one image to keep; nothing is deleted or moved. A near group lists every
     image of its contents, so it can contain an exact group, which is also listed on its own.
     """
+    from vitdex.library import display
     from vitdex.library.dupes import find_duplicates, list_file, others
-    from vitdex.storage import display
 
     if null and list_others is None:
         raise click.UsageError("--null goes with --list-others FILE")

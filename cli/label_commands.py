@@ -22,7 +22,7 @@ def labels(images, library_path, model, device, runtime, top, as_json):
     now. A file that cannot be read is reported on stderr (exit status 1), the others are still
     printed. A model without a classification head has no labels.
     """
-    from vitdex.storage import display
+    from vitdex.library import display
 
     with open_library(library_path) as library:
         found = library.labels(images, top=top, model=model, device=device, runtime=runtime)

@@ -273,7 +273,7 @@ def search(
     if as_json:
         emit_json(data)
         return
-    from vitdex.storage import display
+    from vitdex.library import display
 
     if not data["results"]:
         hint = f" with the tag {tag!r} (`vitdex tags` lists the labels present)" if tag else ""

@@ -14,6 +14,9 @@ _EXPORTS = {
     "VitdexError": "vitdex.library.errors",
     "is_feature_name": "vitdex.embedder.features",  # the CLI's spelling check of --feature
     "FEATURE_NAMES": "vitdex.embedder.features",
+    # what the CLI and the gallery show of the store's rows, so they need not import storage/
+    "display": "vitdex.storage",
+    "StoredImage": "vitdex.storage",
 }
 
 __all__ = sorted(_EXPORTS)

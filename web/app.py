@@ -35,9 +35,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from vitdex.embedder import DecodeError
-from vitdex.library import Library
+from vitdex.library import Library, display
 from vitdex.library.errors import NotFoundError, VitdexError
-from vitdex.storage import display
 from vitdex.web import thumbs
 from vitdex.web.duplicates import DuplicateJobs
 from vitdex.web.server import HostCheck

@@ -13,9 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitdex.library import Library
+from vitdex.library import Library, display
 from vitdex.library.errors import VitdexError
-from vitdex.storage import display
 from vitdex.web.tiles import Tile, tile
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from vitdex.storage import StoredImage, display
+from vitdex.library import StoredImage, display
 
 
 @dataclass(frozen=True, slots=True)
