@@ -150,8 +150,11 @@ class IndexManager:
                     lock.release()
         return loaded.index
 
-    def refresh(self, features: list[str]) -> None:
-        """Writer only (holding the write lock): bring every feature's file up to date."""
+    def refresh(self, features: list[str] | None = None) -> None:
+        """Writer only (holding the write lock): bring these features' files (default: every
+        feature the library stores) up to date."""
+        if features is None:
+            features = list(self._spec().data.get("features", ["cls"]))
         for feature in features:
             self.current(feature)
             loaded = self._loaded[feature]

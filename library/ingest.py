@@ -132,7 +132,7 @@ def ingest(
         library.store.images.forget_failures(_vanished_failures(library, roots))
         library.store.images.prune()
         _finish_report(report, planner)
-        library.indexes.refresh(list(library.require_spec().data.get("features", ["cls"])))
+        library.indexes.refresh()
         if new_library and "int8" in library.require_spec().data.get("runtime", ""):
             from vitdex.library.int8_check import check_int8
 
@@ -216,5 +216,5 @@ def forget(library: Library, paths: Iterable[str | Path], *, wait: bool = False)
             library.store.images.prune()
         failures = [f.path for t in targets for f in library.store.images.failures(under=t)]
         library.store.images.forget_failures(failures + targets)
-        library.indexes.refresh(list(spec.data.get("features", ["cls"])))
+        library.indexes.refresh()
     return len(ids)
