@@ -76,9 +76,14 @@ class Committer:
         now = datetime.now(UTC)
         actions = list(actions)
         changes_vectors = bool(results) or any(isinstance(a, Remove | Link) for a in actions)
+        removals = [a for a in actions if isinstance(a, Remove)]
         with self.store.transaction():
             generation = self.store.bump_generation() if changes_vectors else 0
-            for action in actions:  # first: a link to a content of this batch waits for it
+            if removals:  # one bulk statement; removals only free rows and paths, so first
+                self.store.images.remove([r.image_id for r in removals], generation)
+                for removal in removals:
+                    self.report.count(removal)
+            for action in actions:  # then: a link to a content of this batch waits for it
                 self._apply(action, generation, now)
             done = [r for r in results if r.error is None]
             self._store_embedded(done, generation, now)
@@ -128,9 +133,8 @@ class Committer:
                 self._link(action, generation)
             case Fail():
                 self._fail(action, now)
-            case Remove(image_id=image_id):
-                self.store.images.remove([image_id], generation)
-                self.report.count(action)
+            case Remove():
+                pass  # removed in bulk by `commit`
 
     def _link(self, link: Link, generation: int) -> None:
         content_id = self.store.images.content_ids([link.sha256]).get(link.sha256)
