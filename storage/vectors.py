@@ -197,21 +197,6 @@ class Vectors:
             )
         return Changes(ids, vectors, removed)
 
-    def by_image_ids(
-        self, spec: StoredSpec, feature: str, ids: Sequence[int]
-    ) -> dict[int, np.ndarray]:
-        found: dict[int, np.ndarray] = {}
-        dim = spec.dim_of(feature)
-        with self.store.snapshot() as s:
-            for part in chunks(int(i) for i in ids):
-                rows = s.execute(
-                    select(Image.id, Vector.data)
-                    .join(Vector, Vector.content_id == Image.content_id)
-                    .where(Image.id.in_(part), Vector.spec_id == spec.id, Vector.feature == feature)
-                )  # fmt: skip
-                found.update((r[0], from_blob(r[1], dim)) for r in rows)
-        return found
-
     def by_paths(
         self, spec: StoredSpec, feature: str, paths: Sequence[str]
     ) -> dict[str, tuple[int, np.ndarray]]:

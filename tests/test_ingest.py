@@ -68,7 +68,8 @@ def test_first_ingest_stores_metadata_vectors_and_index(tiny_model, photo_dir, l
         assert len(image.sha256) == 64
         spec = library.require_spec()
         for feature in ("cls", "mean"):
-            assert image.id in library.store.vectors.by_image_ids(spec, feature, [image.id])
+            found, _ = library.store.vectors.of_image_ids(spec, feature, [image.id])
+            assert found.tolist() == [image.id]
     assert index_ids(lib) == sorted(i for i, _ in image_rows(lib).values())
 
 

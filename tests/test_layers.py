@@ -165,8 +165,8 @@ def test_ingest_features_are_recorded_in_the_spec(last4_library, plain_library):
         assert vectors.shape == (12, 4 * HIDDEN)
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
         assert lib.index("cls-last4").dim == 4 * HIDDEN
-        by_id = lib.store.vectors.by_image_ids(row, "cls-last4", [int(ids[0])])
-        assert by_id[int(ids[0])].shape == (4 * HIDDEN,)
+        by_id = lib.store.vectors.of_image_ids(row, "cls-last4", [int(ids[0])])
+        assert by_id[0].tolist() == [int(ids[0])] and by_id[1].shape == (1, 4 * HIDDEN)
     status = json.loads(run("status", "--library", last4_library, "--json").stdout)
     assert status["features"] == list(LAST4)
 
@@ -183,7 +183,7 @@ def test_search_probe_and_export_with_cls_last4(last4_library, deep_model, photo
         stored = lib.store.vectors.by_paths(row, "cls-last4", [str(query.resolve())])
         q = stored[str(query.resolve())][1]
         best = data["results"][0]
-        other = lib.store.vectors.by_image_ids(row, "cls-last4", [best["id"]])[best["id"]]
+        other = lib.store.vectors.of_image_ids(row, "cls-last4", [best["id"]])[1][0]
         assert best["score"] == pytest.approx(float(q @ other), abs=1e-4)
 
     trained = json.loads(
@@ -210,8 +210,8 @@ def test_search_probe_and_export_with_cls_last4(last4_library, deep_model, photo
     embedded = Embedder.load(str(deep_model), device="cpu", features=LAST4).embed_path(outside)
     with Library.open(last4_library) as lib:
         best = data["results"][0]
-        other = lib.store.vectors.by_image_ids(lib.require_spec(), "cls-last4", [best["id"]])
-        assert best["score"] == pytest.approx(float(embedded["cls-last4"] @ other[best["id"]]),
+        _, other = lib.store.vectors.of_image_ids(lib.require_spec(), "cls-last4", [best["id"]])
+        assert best["score"] == pytest.approx(float(embedded["cls-last4"] @ other[0]),
                                               abs=1e-4)  # fmt: skip
 
     out = tmp_path / "out.parquet"
