@@ -484,11 +484,6 @@ class VectorIndex:
         prefixed[:, width:] = codes
         return self._index.sa_decode(prefixed)
 
-    def list_vectors(self, lst: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of one IVF inverted list, the vectors decoded from its codes."""
-        ids, codes = self.list_codes(lst)
-        return ids.copy(), self.decode(np.full(len(ids), lst), codes)
-
     def set_search_params(self, **params: int) -> None:
         """Change the default nprobe (IVF) or efSearch (HNSW) stored with the index."""
         allowed = {"ivfsq8": {"nprobe"}, "ivfpq": {"nprobe"}, "hnsw": {"efSearch"}}.get(

@@ -257,8 +257,8 @@ def test_the_manager_builds_on_disk_past_its_memory_and_loads_catches_up_and_cle
         new_ids = store.vectors.image_ids(store.spec(), "cls")[-100:]
         assert np.isin(new_ids, index.ids()).all()
         for lst in range(index.params["nlist"]):  # the same codes in the same lists
-            ids, x = index.list_vectors(lst)
-            want_ids, want = in_memory.list_vectors(lst)
+            ids, x = index.list_codes(lst)
+            want_ids, want = in_memory.list_codes(lst)
             order, want_order = np.argsort(ids), np.argsort(want_ids)
             np.testing.assert_array_equal(ids[order], want_ids[want_order])
             np.testing.assert_array_equal(x[order], want[want_order])
